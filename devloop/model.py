@@ -1,0 +1,142 @@
+"""The typed values that flow between pipeline stages.
+
+Nothing downstream of the loaders sees raw YAML dicts: config documents become these frozen
+dataclasses (built in `config.py`), and resolution results are `Resolved` values. Keeping them in
+one small module lets every stage import the types without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+KBLD_API_VERSION = "kbld.k14s.io/v1alpha1"
+KBLD_KINDS = ("Config", "Sources", "ImageOverrides", "ImageDestinations", "ImageKeys")
+IMGPKG_API_VERSION = "imgpkg.carvel.dev/v1alpha1"
+IMAGES_ANNOTATION = "kbld.k14s.io/images"
+
+# An origin in kbld's current annotation format, e.g. {"local": {"path": "/src/app"}}.
+Origin = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Matches a found reference exactly (`image`) or by its repository part (`imageRepo`)."""
+
+    image: str | None = None
+    image_repo: str | None = None
+
+    def matches(self, url: str) -> bool:
+        from devloop.references import repo_of
+
+        if self.image is not None and self.image == url:
+            return True
+        return self.image_repo is not None and self.image_repo == repo_of(url)
+
+
+@dataclass(frozen=True)
+class DockerBuild:
+    """Options of a docker build; paths are relative to the Source `path`."""
+
+    file: str | None = None  # Dockerfile path relative to the context; default "Dockerfile"
+    target: str | None = None
+    pull: bool = False
+    no_cache: bool = False
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    platform: str | None = None
+    raw_options: tuple[str, ...] = ()  # kbld's rawOptions; only --build-arg K=V is understood
+
+
+@dataclass(frozen=True)
+class Source:
+    """Build `ref`'s image from the directory `path` (relative to the current directory)."""
+
+    ref: ImageRef
+    path: str
+    docker: DockerBuild = DockerBuild()
+    where: str = ""  # "file, document N" of the declaring document, for error messages
+
+
+@dataclass(frozen=True)
+class Override:
+    ref: ImageRef
+    new_image: str
+    preresolved: bool = False
+    origins: tuple[Origin, ...] = ()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Push built images matching `ref` to `new_image` (defaults to the image), plus `tags`."""
+
+    ref: ImageRef
+    new_image: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AllIndexes:
+    """`{allIndexes: true}` in a keyMatcher path."""
+
+
+PathPart = str | int | AllIndexes
+
+
+@dataclass(frozen=True)
+class KeyMatcher:
+    name: str | None = None
+    path: tuple[PathPart, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ValueMatcher:
+    image: str | None = None
+    image_repo: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchRule:
+    key_matcher: KeyMatcher | None = None
+    value_matcher: ValueMatcher | None = None
+    strategy: Literal["entireValue", "none", "json", "yaml"] = "entireValue"
+    nested: tuple[SearchRule, ...] = ()  # the rules of a json/yaml strategy
+
+
+DEFAULT_RULE = SearchRule(key_matcher=KeyMatcher(name="image"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """All kbld config documents of the input, concatenated in input order."""
+
+    sources: tuple[Source, ...] = ()
+    overrides: tuple[Override, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    search_rules: tuple[SearchRule, ...] = ()  # keys first, then searchRules; no default rule
+    minimum_required_version: str | None = None
+
+    def rules(self) -> tuple[SearchRule, ...]:
+        """The rules in kbld's order, deduplicated, the default `image` rule last."""
+        seen: list[SearchRule] = []
+        for rule in (*self.search_rules, DEFAULT_RULE):
+            if rule not in seen:
+                seen.append(rule)
+        return tuple(seen)
+
+    def override_for(self, url: str) -> Override | None:
+        return next((o for o in self.overrides if o.ref.matches(url)), None)
+
+    def source_for(self, url: str) -> Source | None:
+        return next((s for s in self.sources if s.ref.matches(url)), None)
+
+    def destination_for(self, url: str) -> Destination | None:
+        return next((d for d in self.destinations if d.ref.matches(url)), None)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The final reference for one original reference, with the origins for the annotation."""
+
+    url: str
+    origins: tuple[Origin, ...] = ()

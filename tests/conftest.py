@@ -2,5 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.engine",
+    "tests.fixtures.registry",
     "tests.fixtures.cluster",
 ]

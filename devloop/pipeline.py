@@ -1,0 +1,121 @@
+"""The one-shot pipeline behind `devloop resolve` and `devloop inspect`.
+
+read inputs -> split off config -> find references -> resolve them (build, push, digest) ->
+rewrite the documents in place -> write the stream, the lock files and the `final` lines. The
+daemon runs the same stages on every change; this module only wires them for a single run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from devloop.config import load_config
+from devloop.documents import Document, read_inputs
+from devloop.errors import DevloopError
+from devloop.logs import LineWriter
+from devloop.model import Config, Resolved
+from devloop.resolving import ResolveOptions, Resolver
+from devloop.searching import ImageSite, find_sites
+from devloop.rendering import render, render_stream
+
+
+@dataclass(frozen=True)
+class Found:
+    """The input with its config split off and every image site located."""
+
+    config: Config
+    documents: list[Document]
+    sites: list[list[ImageSite]]
+    warnings: list[str]
+
+    @property
+    def urls(self) -> list[str]:
+        return sorted({site.value for doc_sites in self.sites for site in doc_sites})
+
+
+def find(documents: Sequence[Document]) -> Found:
+    config, rest, warnings = load_config(documents)
+    rules = config.rules()
+    return Found(config, rest, [find_sites(doc, rules) for doc in rest], warnings)
+
+
+def rewrite(found: Found, resolved: Mapping[str, Resolved], annotate: bool) -> str:
+    texts = [
+        render(doc, sites, resolved, annotate)
+        for doc, sites in zip(found.documents, found.sites, strict=True)
+    ]
+    return render_stream(texts)
+
+
+def final_lines(resolved: Mapping[str, Resolved]) -> list[str]:
+    return [f"final: {url} -> {resolved[url].url}" for url in sorted(resolved)]
+
+
+def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    if args.lock_output and args.imgpkg_lock_output:
+        raise DevloopError(
+            "Can only output one lockfile type: choose --lock-output or --imgpkg-lock-output"
+        )
+    files = args.files or _missing_files()
+    found = find(read_inputs(files, stdin))
+    for warning in found.warnings:
+        stderr.write(f"devloop: Warning: {warning}\n")
+    if args.unresolved_inspect:
+        stdout.write("".join(f"- image: {url}\n" for url in found.urls))
+        return 0
+    out = LineWriter(stderr)
+    resolver = Resolver(found.config, out, _options(args))
+    resolved = anyio.run(resolver.resolve_all, found.urls)
+    stdout.write(rewrite(found, resolved, args.images_annotation))
+    stdout.flush()
+    _write_locks(args, found.config, resolved)
+    for line in final_lines(resolved):
+        out.line("resolve", line)
+    return 0
+
+
+def inspect_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    from devloop.inspecting import inspect
+
+    found = find(read_inputs(args.files or _missing_files(), stdin))
+    stdout.write(inspect(found.documents, found.config, as_json=args.json))
+    return 0
+
+
+def _options(args: argparse.Namespace) -> ResolveOptions:
+    from devloop.registry import RegistryOptions
+
+    registry = RegistryOptions(
+        insecure=args.registry_insecure,
+        verify_certs=args.registry_verify_certs,
+        ca_cert_paths=tuple(args.registry_ca_cert_path),
+    )
+    if args.build_concurrency < 1:
+        raise DevloopError("--build-concurrency must be at least 1")
+    return ResolveOptions(build=args.build, concurrency=args.build_concurrency, registry=registry)
+
+
+def _write_locks(args: argparse.Namespace, config: Config, resolved: Mapping[str, Resolved]) -> None:
+    from devloop.locks import imgpkg_lock, kbld_lock
+
+    if args.lock_output:
+        _write_file(args.lock_output, kbld_lock(resolved, config))
+    if args.imgpkg_lock_output:
+        _write_file(args.imgpkg_lock_output, imgpkg_lock(resolved, args.origins_annotation))
+
+
+def _write_file(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as error:
+        raise DevloopError(f"cannot write {path}: {error.strerror}") from error
+
+
+def _missing_files() -> list[str]:
+    raise DevloopError("no input: pass -f FILE, -f DIR or -f - (stdin)")

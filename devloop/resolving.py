@@ -1,0 +1,172 @@
+"""Resolve every unique image reference to its final form, in kbld's order.
+
+For each reference: the first matching override (a `preresolved` one ends it), then a matching
+Source is built (and pushed when a Destination matches), a digest reference is validated and
+normalised, and anything else is a tag resolved to a digest against its registry. References are
+processed concurrently, bounded by `--build-concurrency`, and the blocking Docker and registry
+calls run in worker threads that notice cancellation between streamed chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from devloop.errors import DevloopError, PermanentError
+from devloop.model import Config, Origin, Override, Resolved, Source
+from devloop.references import DEFAULT_TAG, is_digest, parse_reference, repo_of
+
+if TYPE_CHECKING:
+    from devloop.building import Engine
+    from devloop.logs import LineWriter
+    from devloop.registry import Registry, RegistryOptions
+
+
+@dataclass(frozen=True)
+class ResolveOptions:
+    build: bool = True  # --build=false makes a Source match an error
+    concurrency: int = 4  # --build-concurrency: references processed at once
+    registry: RegistryOptions | None = None  # None: defaults (https, verified)
+
+
+class ResolveErrors(DevloopError):
+    """Several references failed; each line names the reference, as kbld's list does."""
+
+    def __init__(self, failures: Mapping[str, DevloopError]) -> None:
+        self.failures = dict(failures)
+        lines = [f"- Resolving image '{url}': {error}" for url, error in sorted(failures.items())]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Resolver:
+    """Turns references into `Resolved` values; one instance per run (or per daemon cycle)."""
+
+    config: Config
+    out: LineWriter
+    options: ResolveOptions = ResolveOptions()
+    engine: Engine | None = None  # created on the first build, so digest-only runs never import docker
+    _registry: Registry | None = field(default=None, init=False)
+
+    async def resolve_all(
+        self, urls: Iterable[str], prebuilt: Mapping[str, Resolved] | None = None
+    ) -> dict[str, Resolved]:
+        """Resolve each unique url; `prebuilt` supplies results the daemon already has."""
+        limiter = anyio.CapacityLimiter(max(1, self.options.concurrency))
+        results: dict[str, Resolved] = {}
+        failures: dict[str, DevloopError] = {}
+
+        async def one(url: str) -> None:
+            try:
+                results[url] = await self.resolve(url, limiter, prebuilt or {})
+            except DevloopError as error:
+                failures[url] = error
+
+        async with anyio.create_task_group() as tg:
+            for url in sorted(set(urls)):
+                tg.start_soon(one, url)
+        if len(failures) == 1:
+            raise next(iter(failures.values()))
+        if failures:
+            raise ResolveErrors(failures)
+        return results
+
+    async def resolve(
+        self, url: str, limiter: anyio.CapacityLimiter, prebuilt: Mapping[str, Resolved]
+    ) -> Resolved:
+        override = self.config.override_for(url)
+        if override is not None:
+            if override.preresolved:
+                return _preresolved(override)
+            url = override.new_image
+        source = self.config.source_for(url)
+        if source is not None:
+            if url in prebuilt:
+                return prebuilt[url]
+            return await self._build(url, source, limiter)
+        if is_digest(url):
+            return Resolved(parse_reference(url).with_digest(url.rpartition("@")[2]))
+        return await self._resolve_tag(url, limiter)
+
+    async def _build(self, url: str, source: Source, limiter: anyio.CapacityLimiter) -> Resolved:
+        if not self.options.build:
+            raise PermanentError(
+                f"Building of images is disallowed (tried to build '{url}' because a source was "
+                f"configured for it in {source.where or 'the config'}). Drop --build=false or "
+                "remove the Source"
+            )
+        return await anyio.to_thread.run_sync(self.build_sync, url, source, limiter=limiter)
+
+    def build_sync(self, url: str, source: Source) -> Resolved:
+        """Build (and push, tag) one Source in a worker thread; see `build_source`."""
+        if self.engine is None:
+            from devloop.building import Engine
+
+            self.engine = Engine()
+        return build_source(
+            self.engine, self.config, url, source, self.out, self._registry_client, _cancelled
+        )
+
+    async def _resolve_tag(self, url: str, limiter: anyio.CapacityLimiter) -> Resolved:
+        registry = self._registry_client()
+        digest_url = await anyio.to_thread.run_sync(registry.resolve, url, limiter=limiter)
+        tag = parse_reference(url).tag or DEFAULT_TAG
+        return Resolved(digest_url, ({"resolved": {"tag": tag, "url": url}},))
+
+    def _registry_client(self) -> Registry:
+        if self._registry is None:
+            from devloop.registry import Registry, RegistryOptions
+
+            self._registry = Registry(self.options.registry or RegistryOptions())
+        return self._registry
+
+
+def build_source(
+    engine: Engine,
+    config: Config,
+    url: str,
+    source: Source,
+    out: LineWriter,
+    registry: Callable[[], Registry],
+    cancelled: Callable[[], bool] | None = None,
+) -> Resolved:
+    """Build `source` for `url`; push to its Destination and add its tags when one matches."""
+    from devloop.building import build_image, push_image
+    from devloop.config import check_source_path
+    from devloop.origins import local_and_git_origins
+
+    check_source_path(source)
+    origins: list[Origin] = list(local_and_git_origins(source.path))
+    built = build_image(engine, source, repo_of(url), out, cancelled)
+    destination = config.destination_for(url)
+    if destination is None:
+        return Resolved(built.tag, tuple(origins))
+    pushed = push_image(engine, built.tag, destination.new_image, out)
+    final = parse_reference(destination.new_image).with_digest(pushed.rpartition("@")[2])
+    for tag in destination.tags:
+        registry().tag(final, tag)
+    if destination.tags:
+        origins.append({"tagged": {"tags": list(destination.tags)}})
+    return Resolved(final, tuple(origins))
+
+
+def _preresolved(override: Override) -> Resolved:
+    origins: list[Any] = list(override.origins)
+    mine = {"preresolved": {"url": override.new_image}}
+    if mine not in origins:
+        origins.append(mine)
+    return Resolved(override.new_image, tuple(origins))
+
+
+def _cancelled() -> bool:
+    """True once the task that started this worker thread has been cancelled."""
+    try:
+        anyio.from_thread.check_cancelled()
+    except anyio.get_cancelled_exc_class():
+        return True
+    return False

@@ -29,15 +29,26 @@ def add_bool(parser: argparse.ArgumentParser, name: str, default: bool, help: st
     """A boolean flag spelt `--name`, `--name=false` (kbld) or `--no-name`."""
     dest = name.replace("-", "_")
     parser.add_argument(
-        f"--{name}", dest=dest, nargs="?", const=True, default=default, type=parse_bool,
-        metavar="BOOL", help=f"{help} (default {str(default).lower()})",
+        f"--{name}",
+        dest=dest,
+        nargs="?",
+        const=True,
+        default=default,
+        type=parse_bool,
+        metavar="BOOL",
+        help=f"{help} (default {str(default).lower()})",
     )
     parser.add_argument(f"--no-{name}", dest=dest, action="store_false", help=argparse.SUPPRESS)
 
 
 def _add_files(parser: argparse.ArgumentParser, default: list[str] | None = None) -> None:
     parser.add_argument(
-        "-f", "--file", dest="files", action="append", default=None, metavar="PATH",
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        default=None,
+        metavar="PATH",
         help="a file, a directory (walked recursively for .yml/.yaml/.json, sorted), or - for "
         "stdin; repeatable, comma-separated values allowed"
         + (f" (default {','.join(default)})" if default else ""),
@@ -48,36 +59,52 @@ def _add_registry_flags(parser: argparse.ArgumentParser) -> None:
     add_bool(parser, "registry-insecure", False, "allow plain-HTTP registries")
     add_bool(parser, "registry-verify-certs", True, "verify registry TLS certificates")
     parser.add_argument(
-        "--registry-ca-cert-path", action="append", default=[], metavar="FILE",
+        "--registry-ca-cert-path",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="extra CA certificate (PEM) to trust for registries; repeatable",
     )
 
 
 def _resolve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "resolve", help="build and resolve images in manifests, like kbld",
+        "resolve",
+        help="build and resolve images in manifests, like kbld",
         description="Find image references in the manifests, build the ones a Source matches, "
         "resolve the rest to digests, and print the manifests with the final references on "
         "stdout. Progress and build output go to stderr. Drop-in for `kbld -f ...`.",
     )
     _add_files(p)
-    add_bool(p, "build", True, "build images that a Source matches; false makes such a match an error")
-    p.add_argument("--build-concurrency", type=int, default=4, metavar="N",
-                   help="references processed (built or resolved) at once (default 4)")
+    add_bool(
+        p, "build", True, "build images that a Source matches; false makes such a match an error"
+    )
+    p.add_argument(
+        "--build-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="references processed (built or resolved) at once (default 4)",
+    )
     add_bool(p, "images-annotation", True, "annotate resources with kbld.k14s.io/images")
     p.add_argument("--lock-output", metavar="FILE", help="write a kbld Config lock file")
     p.add_argument("--imgpkg-lock-output", metavar="FILE", help="write an imgpkg ImagesLock file")
-    add_bool(p, "origins-annotation", True,
-             "write kbld.carvel.dev/origins in --imgpkg-lock-output")
-    add_bool(p, "unresolved-inspect", False,
-             "only list the image references found (as `- image: REF`), resolve nothing")
+    add_bool(p, "origins-annotation", True, "write kbld.carvel.dev/origins in --imgpkg-lock-output")
+    add_bool(
+        p,
+        "unresolved-inspect",
+        False,
+        "only list the image references found (as `- image: REF`), resolve nothing",
+    )
     _add_registry_flags(p)
     p.set_defaults(run=_run_resolve)
 
 
 def _inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "inspect", aliases=["i", "is", "insp"], help="list images, their origins and users",
+        "inspect",
+        aliases=["i", "is", "insp"],
+        help="list images, their origins and users",
         description="List the images in the manifests, the origins recorded in their "
         "kbld.k14s.io/images annotations (current and legacy formats), and the resources using them.",
     )
@@ -89,7 +116,8 @@ def _inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="devloop", description="An instant, trustworthy Kubernetes inner loop.",
+        prog="devloop",
+        description="An instant, trustworthy Kubernetes inner loop.",
     )
     parser.add_argument("--version", action="version", version=f"devloop version {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -101,7 +101,9 @@ def _options(args: argparse.Namespace) -> ResolveOptions:
     return ResolveOptions(build=args.build, concurrency=args.build_concurrency, registry=registry)
 
 
-def _write_locks(args: argparse.Namespace, config: Config, resolved: Mapping[str, Resolved]) -> None:
+def _write_locks(
+    args: argparse.Namespace, config: Config, resolved: Mapping[str, Resolved]
+) -> None:
     from devloop.locks import imgpkg_lock, kbld_lock
 
     if args.lock_output:

@@ -50,7 +50,9 @@ class Resolver:
     config: Config
     out: LineWriter
     options: ResolveOptions = ResolveOptions()
-    engine: Engine | None = None  # created on the first build, so digest-only runs never import docker
+    engine: Engine | None = (
+        None  # created on the first build, so digest-only runs never import docker
+    )
     _registry: Registry | None = field(default=None, init=False)
 
     async def resolve_all(

@@ -1,0 +1,97 @@
+"""The daemon's outcome events: one canonical line per outcome, for people or for programs.
+
+`--log-format console` writes short human lines to stderr (`build.finished image=app
+seconds=2.1 ref=...`); `--log-format json` writes one JSON object per line to stdout with `event`,
+`timestamp` and the event's fields. Tests and tools read the JSON stream instead of scraping text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+
+_COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
+_RESET = "\033[0m"
+_LEVEL_OF = {"failed": "error", "cancelled": "warning", "unavailable": "warning"}
+
+
+class Events:
+    """Thread-safe emitter of events and of prefixed output lines, in one format."""
+
+    def __init__(self, fmt: str = "console", stream: TextIO | None = None) -> None:
+        self.fmt = fmt
+        self.stream = stream or (sys.stdout if fmt == "json" else sys.stderr)
+        self.color = fmt == "console" and self.stream.isatty()
+        self._lock = threading.Lock()
+        self._colors: dict[str, str] = {}
+        renderer: Any = (
+            structlog.processors.JSONRenderer(serializer=_dumps)
+            if fmt == "json"
+            else structlog.dev.ConsoleRenderer(colors=self.color, pad_event_to=0)
+        )
+        self._log = structlog.wrap_logger(
+            structlog.PrintLogger(self.stream),
+            processors=[_add_timestamp, renderer],
+            wrapper_class=structlog.BoundLogger,
+            cache_logger_on_first_use=False,
+        )
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write one event line; `seconds` is rounded, None fields are dropped."""
+        clean = {k: _round(v) for k, v in fields.items() if v is not None}
+        with self._lock:
+            self._log.msg(event, **clean)
+            self.stream.flush()
+
+    def line(self, prefix: str, text: str) -> None:
+        """One line of a build's (or a container's) output, written whole."""
+        with self._lock:
+            if self.fmt == "json":
+                record = {"event": "output", "timestamp": _now(), "source": prefix, "line": text}
+                self.stream.write(_dumps(record) + "\n")
+            else:
+                self.stream.write(f"{self._paint(prefix)} | {text}\n")
+            self.stream.flush()
+
+    def _paint(self, prefix: str) -> str:
+        if not self.color:
+            return prefix
+        color = self._colors.setdefault(prefix, _COLORS[len(self._colors) % len(_COLORS)])
+        return f"{color}{prefix}{_RESET}"
+
+
+class Stopwatch:
+    """Seconds since creation, for the `seconds` field."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.start
+
+
+def _add_timestamp(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    event_dict["timestamp"] = _now()
+    return event_dict
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _round(value: Any) -> Any:
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def _dumps(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, default=str, separators=(",", ":"))

@@ -1,0 +1,185 @@
+"""One build lane per image: at most one build running, and a newer change supersedes it.
+
+A lane holds the newest request for its image. When a request arrives while a build runs, the
+build is cancelled (the Docker build really stops) and one build with the newest inputs follows:
+changes never queue a backlog. Before building, the lane hashes the build inputs; when they equal
+those of the image it already has, the build is skipped, so a no-op save costs one directory walk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+
+from devloop.errors import DevloopError, TemporaryError
+from devloop.events import Events, Stopwatch
+from devloop.model import Resolved, Source
+
+# Builds one image in a worker thread; the Event is set when the build must stop.
+BuildFn = Callable[[str, Source, threading.Event], Resolved]
+DigestFn = Callable[[Source], str]
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff while the Docker engine is unreachable
+
+
+@dataclass
+class Lane:
+    url: str  # the reference the Source matched (after overrides); the lane's identity
+    source: Source
+    result: Resolved | None = None  # the newest successful build
+    built_inputs: str | None = None  # the input digest of `result`
+    failed: bool = False  # the newest build failed; the next change retries
+    _pending: list[str] = field(default_factory=list)  # why the next build runs
+    _wakeup: anyio.Event = field(default_factory=anyio.Event)
+    _scope: anyio.CancelScope | None = None
+    _stop: threading.Event | None = None
+
+    @property
+    def image(self) -> str:
+        return self.url
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending) or self._scope is not None
+
+    def request(self, reason: str) -> None:
+        """Ask for a build with the newest inputs, superseding a running one."""
+        self._pending.append(reason)
+        if self._scope is not None:
+            self._cancel_running()
+        self._wakeup.set()
+
+    def _cancel_running(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def next_request(self) -> str:
+        while not self._pending:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+        reasons, self._pending = self._pending, []
+        return "; ".join(dict.fromkeys(reasons))
+
+
+@dataclass
+class LaneRunner:
+    """Runs lanes: builds, skips, cancellations and retries, each reported as one event."""
+
+    build: BuildFn
+    digest: DigestFn
+    events: Events
+    limiter: anyio.CapacityLimiter
+    on_done: Callable[[Lane], Awaitable[None]]
+
+    async def builder(self, lane: Lane) -> None:
+        """The lane's long-running task."""
+        attempt = 0
+        while True:
+            reason = await lane.next_request()
+            outcome = await self._cycle(lane, reason)
+            if outcome == "retry":
+                attempt += 1
+                await self._backoff(lane, reason, attempt)
+            else:
+                attempt = 0
+
+    async def _cycle(self, lane: Lane, reason: str) -> str:
+        try:
+            inputs = await anyio.to_thread.run_sync(self.digest, lane.source, limiter=self.limiter)
+        except DevloopError as error:
+            return await self._failed(lane, error, Stopwatch())
+        if inputs == lane.built_inputs and lane.result is not None:
+            self.events.emit(
+                "build.skipped", image=lane.image, reason="inputs unchanged", ref=lane.result.url
+            )
+            lane.failed = False
+            await self.on_done(lane)
+            return "skipped"
+        return await self._build(lane, reason, inputs)
+
+    async def _build(self, lane: Lane, reason: str, inputs: str) -> str:
+        watch, stop = Stopwatch(), threading.Event()
+        result: Resolved | None = None
+        error: DevloopError | None = None
+        with anyio.CancelScope() as scope:
+            lane._scope, lane._stop = scope, stop
+            try:
+                async with self.limiter:
+                    self.events.emit("build.started", image=lane.image, reason=reason)
+                    result = await _run_stoppable(self.build, lane, stop)
+            except DevloopError as exc:
+                error = exc
+            finally:
+                lane._scope, lane._stop = None, None
+        if stop.is_set() or scope.cancelled_caught:  # a build stopped on purpose
+            self.events.emit(
+                "build.cancelled",
+                image=lane.image,
+                seconds=watch.seconds,
+                reason="superseded by a newer change",
+            )
+            return "cancelled"
+        if result is None:
+            return await self._failed(lane, error or DevloopError("no result"), watch)
+        lane.result, lane.built_inputs, lane.failed = result, inputs, False
+        self.events.emit("build.finished", image=lane.image, seconds=watch.seconds, ref=result.url)
+        await self.on_done(lane)
+        return "built"
+
+    async def _failed(self, lane: Lane, error: DevloopError, watch: Stopwatch) -> str:
+        lane.failed = True
+        self.events.emit(
+            "build.failed",
+            image=lane.image,
+            seconds=watch.seconds,
+            reason=str(error),
+            retrying=error.retryable or None,
+        )
+        await self.on_done(lane)
+        return "retry" if isinstance(error, TemporaryError) else "failed"
+
+    async def _backoff(self, lane: Lane, reason: str, attempt: int) -> None:
+        delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
+        with anyio.move_on_after(delay):
+            while not lane._pending:
+                await lane._wakeup.wait()
+                lane._wakeup = anyio.Event()
+        if not lane._pending:
+            lane.request(f"retry after: {reason}")
+
+
+async def _run_stoppable(build: BuildFn, lane: Lane, stop: threading.Event) -> Resolved:
+    """Run `build` in a thread; any cancellation of this task sets `stop`, which the build polls.
+
+    The thread is waited for (not abandoned), so a cancelled build has removed its temporary tags
+    and containers before this returns.
+    """
+
+    finished = threading.Event()
+
+    async def stop_on_cancel() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if not finished.is_set():
+                stop.set()
+
+    result: Resolved | None = None
+    error: DevloopError | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_cancel)
+        try:
+            result = await anyio.to_thread.run_sync(build, lane.url, lane.source, stop)
+        except DevloopError as exc:  # raised after the group, not wrapped in an ExceptionGroup
+            error = exc
+        finally:
+            finished.set()
+            tg.cancel_scope.cancel()
+    if error is not None or result is None:
+        raise error or DevloopError("the build returned nothing")
+    return result

@@ -1,0 +1,44 @@
+"""The SDKs stay at the edge: only named modules may import docker or kubernetes."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "devloop"
+ALLOWED = {
+    "docker": {"building.py", "containers.py"},
+    "kubernetes": {"applying.py"},
+}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_only_the_edge_modules_import_the_sdks() -> None:
+    offenders = [
+        f"{path.name} imports {sdk}"
+        for path in sorted(PACKAGE.glob("*.py"))
+        for sdk, allowed in ALLOWED.items()
+        if sdk in imported_roots(path) and path.name not in allowed
+    ]
+    assert offenders == []
+
+
+def test_resolve_does_not_import_docker_or_kubernetes_at_start_up() -> None:
+    code = (
+        "import sys, devloop.cli, devloop.pipeline;"
+        "devloop.cli.build_parser();"
+        "print(sorted(m for m in ('docker', 'kubernetes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

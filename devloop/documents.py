@@ -1,0 +1,242 @@
+"""Read the `-f` inputs into documents that remember their exact source text.
+
+`devloop resolve` edits only the image values in the user's YAML, so every document keeps its
+own text next to the libyaml node tree (whose marks index into that text) and the plain data.
+The stream is split on document markers by a regex rather than by a YAML library: YAML forbids
+`---` and `...` at the start of a line inside any scalar, so the split is exact, and it is ~100x
+faster than letting a parser find the boundaries. Each piece is then parsed once by libyaml.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from devloop.errors import ManifestError, location
+
+EXTENSIONS = (".yml", ".yaml", ".json")
+# A document marker: `---` or `...` at column 0, followed by a blank, a line end or the end.
+_MARKER = re.compile(r"^(---|\.\.\.)(?=[ \t\r\n]|\Z)", re.MULTILINE)
+_LINE_REST = re.compile(r"[ \t]*(?:\r?\n)?")
+
+
+@dataclass
+class Document:
+    """One YAML document of one input; `node` marks index into `text`."""
+
+    file: str  # the path as given, "stdin" for `-`
+    index: int  # 1-based position among the documents of `file`
+    text: str  # this document's own source text, without its `---` marker
+    node: yaml.Node | None
+    data: Any
+    line: int = 0  # 0-based line of `file` where `text` starts, for error messages
+    column: int = 0  # column of that line where `text` starts (after an inline `--- `)
+    item: int | None = None  # position in the `items` of the List document it came from
+
+    @property
+    def where(self) -> str:
+        where = location(self.file, self.index)
+        return where if self.item is None else f"{where}, items[{self.item}]"
+
+
+def read_inputs(paths: Sequence[str], stdin: TextIO) -> list[Document]:
+    """The non-empty documents of every input, in kbld's order, `List`s expanded."""
+    stdin_text: list[str] = []
+    documents: list[Document] = []
+    with _collector_paused():
+        for name in _expand(paths):
+            text = _read(name, stdin, stdin_text)
+            for doc in split_documents(text, "stdin" if name == "-" else name):
+                documents.extend(_expand_list(_checked(doc)))
+    return documents
+
+
+def _expand(paths: Sequence[str]) -> Iterator[str]:
+    for value in paths:
+        for path in (part for part in value.split(",") if part):
+            yield from _files_of(path)
+
+
+def _files_of(path: str) -> Iterator[str]:
+    if path == "-":
+        yield path
+    elif path.startswith(("http://", "https://")):
+        raise ManifestError(
+            path, "reading manifests from a URL is not supported", f"Use: curl -sL {path} | -f -"
+        )
+    elif os.path.isdir(path):
+        yield from sorted(str(p) for p in Path(path).rglob("*") if _is_manifest(p))
+    elif not os.path.exists(path):
+        raise ManifestError(
+            path, "no such file or directory", "Check the -f value (a file, a directory or -)"
+        )
+    else:
+        yield path
+
+
+def _is_manifest(path: Path) -> bool:
+    return path.suffix in EXTENSIONS and path.is_file()
+
+
+def _read(name: str, stdin: TextIO, stdin_text: list[str]) -> str:
+    if name == "-":
+        # stdin can be read only once; a second `-f -` sees what the first one read.
+        if not stdin_text:
+            stdin_text.append(stdin.read())
+        return stdin_text[0]
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(
+            name, f"cannot read: {error}", "Check the file's permissions"
+        ) from error
+
+
+def split_documents(text: str, file: str) -> Iterator[Document]:
+    """Every document of `text` (empty ones too, when a `---` opened them), parsed one by one."""
+    index = 0
+    for piece, line, column, explicit in _pieces(text.removeprefix("\ufeff")):
+        doc = _parse(file, index + 1, piece, line, column)
+        # Comments before the first `---` or after a `...` are not a document.
+        if explicit or doc.node is not None:
+            index += 1
+            yield doc
+
+
+def _pieces(text: str) -> Iterator[tuple[str, int, int, bool]]:
+    """(text, line, column, opened by `---`) of each stretch between document markers."""
+    start, explicit, line = 0, False, 0
+    for marker in _MARKER.finditer(text):
+        yield text[start : marker.start()], line, start - _line_start(text, start), explicit
+        line += text.count("\n", start, marker.start())
+        start, explicit = _after_marker(text, marker)
+        line += text.count("\n", marker.start(), start)
+    yield text[start:], line, start - _line_start(text, start), explicit
+
+
+def _after_marker(text: str, marker: re.Match[str]) -> tuple[int, bool]:
+    """Where the next document's text starts, and whether a `---` opened it."""
+    rest = _LINE_REST.match(text, marker.end())
+    assert rest is not None  # the pattern matches the empty string
+    return rest.end(), marker.group(1) == "---"
+
+
+def _line_start(text: str, offset: int) -> int:
+    return text.rfind("\n", 0, offset) + 1
+
+
+def _parse(file: str, index: int, text: str, line: int, column: int) -> Document:
+    loader = yaml.CSafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        raise _syntax_error(location(file, index), error, line, column) from error
+    except yaml.YAMLError as error:
+        raise ManifestError(location(file, index), f"invalid YAML: {error}") from error
+    finally:
+        loader.dispose()
+    return Document(file, index, text, node, data, line, column)
+
+
+def _syntax_error(where: str, error: yaml.MarkedYAMLError, line: int, column: int) -> ManifestError:
+    mark = error.problem_mark or error.context_mark
+    problem = " ".join(part for part in (error.context, error.problem) if part) or "invalid YAML"
+    if mark is not None:
+        col = mark.column + (column if mark.line == 0 else 0)
+        problem += f" at line {line + mark.line + 1} column {col + 1}"
+    return ManifestError(where, problem, "Fix the YAML syntax there")
+
+
+def _checked(doc: Document) -> Document | None:
+    """kbld accepts only mappings as documents and drops empty ones."""
+    if doc.data is None or doc.data == {}:
+        return None
+    if not isinstance(doc.data, dict):
+        kind = "a list" if isinstance(doc.data, list) else f"a {type(doc.data).__name__}"
+        raise ManifestError(
+            doc.where,
+            f"expected a mapping (a Kubernetes object), found {kind}",
+            "Every document must be a mapping of keys to values",
+        )
+    return doc
+
+
+def _expand_list(doc: Document | None) -> list[Document]:
+    """kbld (apimachinery's IsList) turns any document with a top-level `items` list into its
+    items. A List whose items are not all mappings is kept whole (kbld would fail on it)."""
+    if doc is None:
+        return []
+    items = doc.data.get("items")
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        return [doc]
+    nodes = _item_nodes(doc)
+    return [_item_document(doc, i, item, nodes) for i, item in enumerate(items) if item]
+
+
+def _item_nodes(doc: Document) -> list[yaml.Node]:
+    assert isinstance(doc.node, yaml.MappingNode)
+    for key, value in doc.node.value:
+        if key.value == "items" and isinstance(value, yaml.SequenceNode):
+            return list(value.value)
+    return []
+
+
+def _item_document(doc: Document, i: int, data: Any, nodes: list[yaml.Node]) -> Document:
+    """The item's own text cut out of the List and dedented, or re-dumped when that fails."""
+    node = nodes[i] if i < len(nodes) else None
+    text = _cut_item(doc.text, node) if node is not None else None
+    parsed = _try_parse(doc, text) if text is not None else None
+    if parsed is None or parsed.data != data:
+        text = yaml.dump(data, Dumper=yaml.CSafeDumper, sort_keys=False, allow_unicode=True)
+        parsed = _parse(doc.file, doc.index, text, doc.line, 0)
+    parsed.item = i
+    if node is not None:
+        parsed.line = doc.line + node.start_mark.line
+    return parsed
+
+
+def _cut_item(text: str, node: yaml.Node) -> str | None:
+    if getattr(node, "flow_style", False):
+        return text[node.start_mark.index : node.end_mark.index] + "\n"
+    indent = node.start_mark.column
+    lines = text[node.start_mark.index : node.end_mark.index].splitlines(keepends=True)
+    out = [lines[0]]
+    for line in lines[1:]:
+        head, body = line[:indent], line[indent:]
+        if head.strip() and not head.lstrip().startswith("#"):
+            return None
+        out.append(line.lstrip(" ") if head.strip() else body)
+    return "".join(out)
+
+
+def _try_parse(doc: Document, text: str) -> Document | None:
+    try:
+        return _parse(doc.file, doc.index, text, doc.line, 0)
+    except ManifestError:
+        return None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while node trees pile up.
+
+    Every retained node and dict counts towards the collector's thresholds, so a 2,000-document
+    parse triggers dozens of full collections that find nothing (the trees hold no cycles):
+    measured 1.3 s with the collector and 0.45 s without.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -11,9 +11,10 @@ a `\\` escape always means "this character literally", and a character class is 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,11 @@ class Matcher:
 
     def dir_excluded(self, reldir: str) -> bool:
         """True when nothing under this directory can be sent, so it need not be walked."""
-        if not self.excluded(reldir) or not self._may_skip:
+        return self.excluded(reldir) and self.nothing_reincluded_below(reldir)
+
+    def nothing_reincluded_below(self, reldir: str) -> bool:
+        """True when no `!` line can match below `reldir` (BuildKit's test for skipping)."""
+        if not self._may_skip:
             return False
         below = reldir.strip("/") + "/"
         return not any(
@@ -214,6 +219,32 @@ class Matcher:
             if any(pattern.matches(prefix) for prefix in prefixes):
                 decided = ("!" if pattern.exception else "") + pattern.text
         return decided
+
+
+def walk(
+    root: Path, matcher: Matcher, prune: Callable[[str], bool] = lambda rel: False
+) -> Iterator[tuple[str, os.DirEntry[str], bool]]:
+    """(relative path, entry, excluded?) for every entry below `root` that Docker looks at.
+
+    Directories Docker would skip (and those `prune` names) are neither yielded nor entered;
+    symlinks are not followed, as Docker sends them as links. Unreadable directories are
+    passed over: a build would fail on them with a clearer message than ours.
+    """
+    stack: list[tuple[str, str, MatchInfo]] = [(str(root), "", _root(matcher))]
+    while stack:
+        path, rel, info = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            child = rel + entry.name
+            excluded, child_info = matcher.evaluate(child, info)
+            if entry.is_dir(follow_symlinks=False):
+                if prune(child) or (excluded and matcher.nothing_reincluded_below(child)):
+                    continue
+                stack.append((entry.path, child + "/", child_info))
+            yield child, entry, excluded
 
 
 def _root(matcher: Matcher) -> MatchInfo:

@@ -79,6 +79,10 @@ class BuildError(PermanentError):
         super().__init__(message)
 
 
+class BuildCancelled(DevloopError):
+    """A build stopped because a newer change (or shutdown) cancelled it; not a failure."""
+
+
 class EngineUnavailable(TemporaryError):
     """The Docker engine cannot be reached."""
 

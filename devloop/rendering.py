@@ -32,6 +32,7 @@ Edit = tuple[int, int, str]  # replace text[start:end] with the string
 # scalar is plain in both block and flow context.
 _PLAIN = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./:@+-]*(?<!:)")
 _RESOLVER = yaml.resolver.Resolver()
+_DEEPER_COMMENTS = re.compile(r"(?:[ \t]*\r?\n)*( *)#[^\n]*(?:\n|\Z)")
 _TRAILING_BLANKS = re.compile(r"\n(?:[ \t]*\n)*\Z")
 
 
@@ -161,8 +162,22 @@ def _plain_ok(value: str) -> bool:
 
 
 def _double_quoted(value: str) -> str:
-    # JSON string escapes are a subset of YAML's double-quoted ones.
-    return json.dumps(value, ensure_ascii=not value.isprintable())
+    return '"' + "".join(map(_escaped, value)) + '"'
+
+
+def _escaped(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)  # YAML's escapes take whole code points, unlike JSON's surrogate pairs
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def _block_text(new: str, old: str, default_indent: int) -> str:
@@ -268,9 +283,10 @@ def _value_of(node: yaml.Node | None, key: str) -> yaml.Node | None:
 
 def _append(text: str, mapping: yaml.Node | None, wrap: Sequence[str]) -> _Splice:
     assert isinstance(mapping, yaml.MappingNode)
-    at = _after_last_leaf(text, mapping)
+    indent = mapping.value[0][0].start_mark.column
+    at = _past_deeper_comments(text, _after_last_leaf(text, mapping), indent)
     lead = "" if at == 0 or text[at - 1] == "\n" else "\n"
-    return _Splice(at, at, mapping.value[0][0].start_mark.column, tuple(wrap), lead)
+    return _Splice(at, at, indent, tuple(wrap), lead)
 
 
 def _after_last_leaf(text: str, node: yaml.Node) -> int:
@@ -286,6 +302,14 @@ def _after_last_leaf(text: str, node: yaml.Node) -> int:
         node = last[1] if isinstance(last, tuple) else last
     end = node.end_mark.index
     return end if _ends_at_line_start(node) else _line_end(text, end)
+
+
+def _past_deeper_comments(text: str, at: int, indent: int) -> int:
+    """Skip the comment lines indented deeper than `indent` that follow `at`: a block scalar
+    inserted before them would take them in as content."""
+    while (line := _DEEPER_COMMENTS.match(text, at)) and len(line.group(1)) > indent:
+        at = line.end()
+    return at
 
 
 def _ends_at_line_start(node: yaml.Node) -> bool:

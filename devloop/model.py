@@ -56,6 +56,7 @@ class Source:
     path: str
     docker: DockerBuild = DockerBuild()
     where: str = ""  # "file, document N" of the declaring document, for error messages
+    index: int = 0  # position in that document's `sources`, for error messages
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,14 @@ class ValueMatcher:
     image_repo: str | None = None
 
 
+Strategy = Literal["entireValue", "none", "json", "yaml"]
+
+
 @dataclass(frozen=True)
 class SearchRule:
     key_matcher: KeyMatcher | None = None
     value_matcher: ValueMatcher | None = None
-    strategy: Literal["entireValue", "none", "json", "yaml"] = "entireValue"
+    strategy: Strategy = "entireValue"
     nested: tuple[SearchRule, ...] = ()  # the rules of a json/yaml strategy
 
 

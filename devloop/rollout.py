@@ -54,7 +54,7 @@ class Reader(Protocol):
 
     def list_objects(
         self, api_version: str, kind: str, namespace: str, selector: str
-    ) -> list[Obj]: ...
+    ) -> Sequence[Obj]: ...
 
 
 def _pending(message: str) -> Status:

@@ -120,7 +120,7 @@ def test_a_deployment_past_its_progress_deadline_fails() -> None:
 
 
 def test_a_statefulset_is_pending_until_the_update_revision_is_current() -> None:
-    obj = {
+    obj: dict[str, Any] = {
         "metadata": {"generation": 1},
         "spec": {"replicas": 2},
         "status": {"observedGeneration": 1, "replicas": 2, "readyReplicas": 2,
@@ -132,7 +132,7 @@ def test_a_statefulset_is_pending_until_the_update_revision_is_current() -> None
 
 
 def test_a_daemonset_waits_for_every_scheduled_pod_to_be_updated_and_available() -> None:
-    obj = {
+    obj: dict[str, Any] = {
         "metadata": {"generation": 4},
         "status": {"observedGeneration": 4, "desiredNumberScheduled": 3,
                    "updatedNumberScheduled": 3, "numberAvailable": 2},

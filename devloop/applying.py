@@ -170,6 +170,9 @@ class Cluster:
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> Reply:
         """One call; connection failures and overload become ClusterUnavailable."""
+        from kubernetes.client.exceptions import ApiException  # status 0: TLS failure
+        from urllib3.exceptions import HTTPError
+
         self.requests[method] += 1
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
@@ -179,7 +182,7 @@ class Cluster:
             )  # fmt: skip
             response = self.api.call_api(*call, _request_timeout=timeout)
             raw = response.read()
-        except Exception as error:  # urllib3 and ssl errors have no common base worth naming
+        except (HTTPError, OSError, ApiException) as error:
             raise ClusterUnavailable(_unreachable(self.server, error)) from error
         if response.status in (429, 502, 503, 504):
             raise ClusterUnavailable(
@@ -397,8 +400,21 @@ class _Applier:
             APPLY_PATCH,
         )
         if reply.status >= 300:
-            raise ApplyError(f"{where}: {key}: the API server rejected it: {reply.message()}")
+            raise ApplyError(
+                f"{where}: {key}: the API server rejected it: {reply.message()}"
+                + _immutable_hint(key, reply)
+            )
         return "created" if reply.status == 201 else "configured"
+
+
+def _immutable_hint(key: ObjectKey, reply: Reply) -> str:
+    if "field is immutable" not in reply.message():
+        return ""
+    scope = f" -n {key.namespace}" if key.namespace else ""
+    return (
+        f". This field cannot change on a live object: delete it "
+        f"(kubectl delete {key.kind.lower()} {key.name}{scope}) and devloop will recreate it"
+    )
 
 
 # -- pruning and deleting ------------------------------------------------------------------------

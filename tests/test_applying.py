@@ -9,12 +9,12 @@ The PATCH counter on `Cluster.requests` is the seam that shows what was (not) se
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from kubernetes import client
 
 from devloop.applying import (
     APP_LABEL,
@@ -32,8 +32,7 @@ from devloop.applying import (
 )
 from devloop.errors import ApplyError, ClusterUnavailable, InputError, RolloutError
 from devloop.rollout import Workload, wait_for_rollouts
-
-T = TypeVar("T")
+from tests.fixtures.cluster import wait_until
 
 
 def deployment(name: str = "web", image: str = "example.test/web:v1", **pod: Any) -> Any:
@@ -59,16 +58,6 @@ def config_map(name: str = "settings", **data: str) -> Any:
 
 def objects(*docs: Any) -> list[ManifestObject]:
     return [ManifestObject(doc, f"config/app.yml, document {i}") for i, doc in enumerate(docs, 1)]
-
-
-def eventually(read: Callable[[], T | None], timeout_s: float = 20.0) -> T:
-    """Poll `read` until it gives a value: waits for the cluster's controllers, not for time."""
-    end = time.monotonic() + timeout_s
-    while (value := read()) is None:
-        if time.monotonic() > end:
-            pytest.fail(f"nothing after {timeout_s} s")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture
@@ -230,6 +219,20 @@ def test_the_api_servers_rejection_names_file_document_object_and_reason(
 
 
 @pytest.mark.cluster
+def test_changing_an_immutable_field_says_how_to_recover(kube: Cluster, namespace: str) -> None:
+    first = apply_objects(kube, objects(deployment()), "shop", namespace, None)
+    moved = deployment()
+    moved["spec"]["selector"]["matchLabels"]["tier"] = "front"
+    moved["spec"]["template"]["metadata"]["labels"]["tier"] = "front"
+    with pytest.raises(ApplyError) as raised:
+        apply_objects(kube, objects(moved), "shop", namespace, first.inventory)
+    message = str(raised.value)
+    assert message.startswith("config/app.yml, document 1: Deployment/web: the API server rejec")
+    assert "field is immutable" in message
+    assert f"kubectl delete deployment web -n {namespace}" in message
+
+
+@pytest.mark.cluster
 def test_a_kind_the_cluster_does_not_serve_is_an_apply_error(kube: Cluster, namespace: str) -> None:
     widget = {"apiVersion": "example.test/v1", "kind": "Widget", "metadata": {"name": "w"}}
     with pytest.raises(ApplyError, match=r"does not serve kind Widget in example\.test/v1"):
@@ -297,7 +300,7 @@ def test_delete_app_removes_everything_and_its_inventory(
 
 @pytest.mark.cluster
 def test_an_image_pull_failure_fails_the_wait_fast_with_the_helpful_message(
-    kube: Cluster, namespace: str
+    kube: Cluster, kube_api: Any, namespace: str
 ) -> None:
     # nodeName of a node nobody runs: neither the scheduler nor kwok touch the pod, so the
     # injected status stays as written.
@@ -305,8 +308,11 @@ def test_an_image_pull_failure_fails_the_wait_fast_with_the_helpful_message(
     web = deployment(image=image, nodeName="no-such-node")
     web["spec"]["replicas"] = 1
     result = apply_objects(kube, objects(web), "shop", namespace, None)
-    pod = eventually(lambda: next(iter(kube.list_objects("v1", "Pod", namespace, "app=web")), None))
-    inject_pull_failure(kube, pod, image)
+    pods = wait_until(
+        client.CoreV1Api(kube_api).list_namespaced_pod, lambda found: bool(found.items),
+        "the Deployment's pod", namespace=namespace, label_selector="app=web",
+    )  # fmt: skip
+    inject_pull_failure(kube, namespace, pods.items[0].metadata.name, image)
     with pytest.raises(RolloutError) as raised:
         wait_for_rollouts(kube, result.changed_workloads(), 60)
     message = str(raised.value)
@@ -314,12 +320,12 @@ def test_an_image_pull_failure_fails_the_wait_fast_with_the_helpful_message(
     assert f"the cluster cannot pull {image}: this image exists only in your local" in message
 
 
-def inject_pull_failure(kube: Cluster, pod: Any, image: str) -> None:
+def inject_pull_failure(kube: Cluster, namespace: str, pod: str, image: str) -> None:
     status = {"status": {"containerStatuses": [{
         "name": "app", "image": image, "imageID": "", "ready": False, "restartCount": 0,
         "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}},
     }]}}  # fmt: skip
-    path = f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/{pod['metadata']['name']}"
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod}"
     reply = kube.request(
         "PATCH", path + "/status", body=status, content_type="application/merge-patch+json"
     )

@@ -69,9 +69,9 @@ class Response:
         text = self.body.decode("utf-8", "replace")
         try:
             errors = json.loads(text).get("errors") or []
-            text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)
-        except (ValueError, AttributeError, TypeError):
-            pass
+            text = "; ".join(f"{e['code']}: {e.get('message', '')}" for e in errors) or text
+        except (ValueError, AttributeError, TypeError, KeyError):
+            pass  # not the registry's JSON error format: keep the text
         text = " ".join(text.split())
         return text if len(text) <= BODY_LIMIT else text[:BODY_LIMIT] + "..."
 
@@ -117,7 +117,7 @@ class Registry:
         ref = parse_reference(url_with_digest)
         manifest = self.manifest(url_with_digest)
         headers = {"Content-Type": manifest.media_type}
-        tagged = Reference(ref.registry, ref.repository, tag)
+        tagged = parse_reference(f"{ref.repo}:{tag}")  # a bad tag fails here, in our words
         self.send(tagged, "PUT", _manifest_path(tagged), manifest.body, headers)
 
     def close(self) -> None:
@@ -199,8 +199,8 @@ class Registry:
             return f"Bearer {self._token(ref, params, credentials)}"
         if scheme == "basic" and credentials and credentials.username:
             return credentials.basic()
-        if scheme == "basic":
-            raise self.keychain.rejected(host, None, response.detail())
+        if scheme in ("basic", ""):
+            raise self.keychain.rejected(host, credentials, response.detail())
         raise AuthError(f"registry {host} asks for unsupported authentication '{scheme}'")
 
     def _token(self, ref: Reference, params: dict[str, str], creds: Credentials | None) -> str:
@@ -288,14 +288,29 @@ class Transport:
     def _first_contact(
         self, host: str, method: str, path: str, body: bytes | None, headers: dict[str, str]
     ) -> Response:
-        try:
-            response, scheme = self.send("https", host, method, path, body, headers), "https"
-        except _Failure as failure:
-            if failure.kind == "certificate" or not self.may_use_http(host):
-                raise
-            response, scheme = self.send("http", host, method, path, body, headers), "http"
+        scheme = "https"
+        if self.may_use_http(host) and not self._speaks_tls(host):
+            scheme = "http"
+        response = self.send(scheme, host, method, path, body, headers)
         self.schemes[host] = scheme
         return response
+
+    def _speaks_tls(self, host: str) -> bool:
+        """Whether `host` takes a TLS handshake; anything but a certificate complaint means no.
+
+        The probe trusts no CA, so it costs a handshake and not the ~70 ms of loading the
+        system CAs, which a plain-HTTP local registry (the usual dev setup) never needs.
+        """
+        name, port = _host_and_port(host, 443)
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            with socket.create_connection((name, port), timeout=self.options.timeout) as raw:
+                probe.wrap_socket(raw, server_hostname=name).close()
+        except ssl.SSLCertVerificationError:
+            return True
+        except OSError:  # also ssl.SSLError: plain HTTP there, or nothing (http may differ: :80)
+            return False
+        return True
 
     def may_use_http(self, host: str) -> bool:
         return self.options.insecure or is_loopback(host)
@@ -369,6 +384,12 @@ def _round_trip(
 
 def tls_context(options: RegistryOptions) -> ssl.SSLContext:
     """The system CAs plus --registry-ca-cert-path files; no checks with verify_certs off."""
+    if not options.verify_certs:
+        # Built bare: loading CAs that will not be consulted costs ~70 ms.
+        bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        bare.check_hostname = False
+        bare.verify_mode = ssl.CERT_NONE
+        return bare
     context = ssl.create_default_context()
     for path in options.ca_cert_paths:
         try:
@@ -379,15 +400,17 @@ def tls_context(options: RegistryOptions) -> ssl.SSLContext:
                 f"cannot load a CA certificate: {e}",
                 "Give a readable PEM file",
             ) from e
-    if not options.verify_certs:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     return context
 
 
 def is_loopback(host: str) -> bool:
-    name = urlsplit(f"//{host}").hostname or host
+    name = _host_and_port(host, 0)[0]
     return name == "localhost" or name == "::1" or name.startswith("127.")
+
+
+def _host_and_port(host: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(f"//{host}")
+    return parts.hostname or host, parts.port or default_port
 
 
 class _Failure(Exception):

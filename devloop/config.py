@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, get_args
 
@@ -37,6 +37,7 @@ from devloop.model import (
     Strategy,
     ValueMatcher,
 )
+from devloop.schema import Reader, join, kind_of
 
 # The kbld release whose config and output formats devloop implements. `minimumRequiredVersion`
 # is compared with this (not with devloop's own version), and lock files carry it.
@@ -89,7 +90,7 @@ def load_config(docs: Sequence[D]) -> tuple[Config, list[D], list[str]]:
     rest: list[D] = []
     warnings: list[str] = []
     for doc in docs:
-        part = _read_document(doc.data, _Reader(doc.where, warnings))
+        part = _read_document(doc.data, Reader(doc.where, warnings))
         if part is None:
             rest.append(doc)
         else:
@@ -139,66 +140,7 @@ def _merge(parts: list[_Part]) -> Config:
     )
 
 
-class _Reader:
-    """Typed access to one document's values; every problem names `where` and the key path."""
-
-    def __init__(self, where: str, warnings: list[str]) -> None:
-        self.where = where
-        self.warnings = warnings
-
-    def error(self, path: str, problem: str, hint: str = "") -> ConfigError:
-        return ConfigError(f"{self.where}: {path}" if path else self.where, problem, hint)
-
-    def warn(self, path: str, text: str) -> None:
-        self.warnings.append(f"{self.where}: {path}: {text}")
-
-    def fields(self, value: Any, path: str, known: Sequence[str]) -> Mapping[str, Any]:
-        """`value` as a mapping (null is empty), with a warning per unknown key."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, found {_kind(value)}")
-        for key in value:
-            if key not in known:
-                self.warn(_join(path, str(key)), _unknown(str(key), known))
-        return value
-
-    def string(self, m: Mapping[str, Any], key: str, path: str, required: str = "") -> str:
-        """The string at `key`; "" when absent; `required` describes a field that must be set."""
-        value = m.get(key)
-        if value is None or value == "":
-            if required:
-                raise self.error(_join(path, key), f"required, {required}")
-            return ""
-        if not isinstance(value, str):
-            raise self.error(_join(path, key), f"expected a string, found {_kind(value)}")
-        return value
-
-    def boolean(self, m: Mapping[str, Any], key: str, path: str) -> bool:
-        value = m.get(key)
-        if value is not None and not isinstance(value, bool):
-            raise self.error(_join(path, key), f"expected true or false, found {_kind(value)}")
-        return bool(value)
-
-    def items(self, m: Mapping[str, Any], key: str, path: str) -> Iterator[tuple[str, Any]]:
-        """(key path, item) of each element of the list at `key` (null is empty)."""
-        value = m.get(key)
-        if value is None:
-            return iter(())
-        if not isinstance(value, list):
-            raise self.error(_join(path, key), f"expected a list, found {_kind(value)}")
-        return ((f"{_join(path, key)}[{i}]", item) for i, item in enumerate(value))
-
-    def strings(self, m: Mapping[str, Any], key: str, path: str) -> tuple[str, ...]:
-        return tuple(self.text(item, p) for p, item in self.items(m, key, path))
-
-    def text(self, value: Any, path: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.error(path, f"expected a non-empty string, found {_kind(value)}")
-        return value
-
-
-def _read_document(data: Any, r: _Reader) -> _Part | None:
+def _read_document(data: Any, r: Reader) -> _Part | None:
     """The config in `data`, or None when it is not a config document."""
     if not isinstance(data, dict):
         return None
@@ -222,7 +164,7 @@ def _use_kinds() -> str:
     return f"Use one of {', '.join(KBLD_KINDS)} (Config is recommended)"
 
 
-def _config(m: Mapping[str, Any], r: _Reader) -> _Part:
+def _config(m: Mapping[str, Any], r: Reader) -> _Part:
     minimum = r.string(m, "minimumRequiredVersion", "")
     if minimum:
         _check_minimum(minimum, r)
@@ -236,7 +178,7 @@ def _config(m: Mapping[str, Any], r: _Reader) -> _Part:
     )
 
 
-def _check_minimum(minimum: str, r: _Reader) -> None:
+def _check_minimum(minimum: str, r: Reader) -> None:
     path = "minimumRequiredVersion"
     if minimum.startswith("v"):
         raise r.error(path, f"'{minimum}' must not start with 'v'", f"Write '{minimum[1:]}'")
@@ -262,7 +204,7 @@ def _version_key(version: str) -> tuple[tuple[int, ...], int, tuple[tuple[int, i
     return numbers, 0, tuple((0, int(x)) if x.isdigit() else (1, x) for x in pre.split("."))
 
 
-def _ref(m: Mapping[str, Any], path: str, r: _Reader) -> ImageRef:
+def _ref(m: Mapping[str, Any], path: str, r: Reader) -> ImageRef:
     image, repo = r.string(m, "image", path), r.string(m, "imageRepo", path)
     if not image and not repo:
         raise r.error(
@@ -273,54 +215,34 @@ def _ref(m: Mapping[str, Any], path: str, r: _Reader) -> ImageRef:
     return ImageRef(image=image or None, image_repo=repo or None)
 
 
-def _source(item: Any, path: str, index: int, r: _Reader) -> Source:
-    _refuse(item, path, _OTHER_BUILDERS, r, "builder not supported yet", "Use docker.build")
+def _source(item: Any, path: str, index: int, r: Reader) -> Source:
+    r.refuse(item, path, _OTHER_BUILDERS, "builder not supported yet", "Use docker.build")
     m = r.fields(item, path, _SOURCE_KEYS)
     ref = _ref(m, path, r)
     where = "the directory to build from (relative to the current directory)"
     directory = r.string(m, "path", path, required=where)
-    return Source(
-        ref, directory, _docker(m.get("docker"), _join(path, "docker"), r), r.where, index
-    )
+    return Source(ref, directory, _docker(m.get("docker"), join(path, "docker"), r), r.where, index)
 
 
-def _refuse(item: Any, path: str, keys: Sequence[str], r: _Reader, problem: str, hint: str) -> None:
-    """Raise for the first of `keys` set in the mapping `item` (kbld fields devloop lacks)."""
-    present = [k for k in keys if isinstance(item, dict) and item.get(k) is not None]
-    if present:
-        raise r.error(_join(path, present[0]), problem, hint)
-
-
-def _docker(value: Any, path: str, r: _Reader) -> DockerBuild:
-    _refuse(value, path, ("buildx",), r, "not supported yet", "Use docker.build")
-    build_path = _join(path, "build")
+def _docker(value: Any, path: str, r: Reader) -> DockerBuild:
+    r.refuse(value, path, ("buildx",), "not supported yet", "Use docker.build")
+    build_path = join(path, "build")
     m = r.fields(r.fields(value, path, ("build",)).get("build"), build_path, _BUILD_KEYS_ALL)
     r.boolean(m, "buildkit", build_path)  # kbld's flag; the engine's builder is used anyway
     raw = r.strings(m, "rawOptions", build_path)
-    args = _raw_build_args(raw, _join(build_path, "rawOptions"), r)
+    args = _raw_build_args(raw, join(build_path, "rawOptions"), r)
     return DockerBuild(
         file=r.string(m, "file", build_path) or None,
         target=r.string(m, "target", build_path) or None,
         pull=r.boolean(m, "pull", build_path),
         no_cache=r.boolean(m, "noCache", build_path),
-        build_args={**args, **_string_map(m.get("buildArgs"), _join(build_path, "buildArgs"), r)},
+        build_args={**args, **r.string_map(m.get("buildArgs"), join(build_path, "buildArgs"))},
         platform=r.string(m, "platform", build_path) or None,
         raw_options=raw,
     )
 
 
-def _string_map(value: Any, path: str, r: _Reader) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise r.error(path, f"expected a mapping of names to strings, found {_kind(value)}")
-    for key, item in value.items():
-        if not isinstance(item, str):
-            raise r.error(f"{path}.{key}", f"expected a string, found {_kind(item)}", "Quote it")
-    return {str(k): v for k, v in value.items()}
-
-
-def _raw_build_args(raw: Sequence[str], path: str, r: _Reader) -> dict[str, str]:
+def _raw_build_args(raw: Sequence[str], path: str, r: Reader) -> dict[str, str]:
     """Fold `--build-arg K=V` / `--build-arg=K=V` into build args; warn about other options.
 
     Only option names are shown in warnings: values may hold secrets.
@@ -349,29 +271,29 @@ def _add_build_arg(args: dict[str, str], text: str) -> None:
         args[name] = found
 
 
-def _override(item: Any, path: str, r: _Reader) -> Override:
+def _override(item: Any, path: str, r: Reader) -> Override:
     for key, hint in _NOT_YET.items():
-        _refuse(item, path, (key,), r, "not supported yet", hint)
+        r.refuse(item, path, (key,), "not supported yet", hint)
     m = r.fields(item, path, _OVERRIDE_KEYS)
     return Override(
         ref=_ref(m, path, r),
         new_image=r.string(m, "newImage", path, required="the reference to use instead"),
         preresolved=r.boolean(m, "preresolved", path),
-        origins=_origins(m.get("origins"), _join(path, "origins"), r),
+        origins=_origins(m.get("origins"), join(path, "origins"), r),
     )
 
 
-def _origins(value: Any, path: str, r: _Reader) -> tuple[Origin, ...]:
+def _origins(value: Any, path: str, r: Reader) -> tuple[Origin, ...]:
     """The origins of known types; kbld ignores unknown types, so a newer kbld's data loads."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(o, dict) for o in value):
-        raise r.error(path, f"expected a list of origins, found {_kind(value)}")
+        raise r.error(path, f"expected a list of origins, found {kind_of(value)}")
     known = ({k: v for k, v in o.items() if k in ORIGIN_TYPES} for o in value)
     return tuple(o for o in known if o)
 
 
-def _destination(item: Any, path: str, r: _Reader) -> Destination:
+def _destination(item: Any, path: str, r: Reader) -> Destination:
     m = r.fields(item, path, ("image", "imageRepo", "newImage", "tags"))
     ref = _ref(m, path, r)
     # kbld defaults newImage to image; devloop also accepts imageRepo as the repository to push to.
@@ -379,19 +301,19 @@ def _destination(item: Any, path: str, r: _Reader) -> Destination:
     return Destination(ref, new_image, r.strings(m, "tags", path))
 
 
-def _rule(item: Any, path: str, r: _Reader) -> SearchRule:
+def _rule(item: Any, path: str, r: Reader) -> SearchRule:
     m = r.fields(item, path, ("keyMatcher", "valueMatcher", "updateStrategy"))
-    key = _key_matcher(m.get("keyMatcher"), _join(path, "keyMatcher"), r)
-    value = _value_matcher(m.get("valueMatcher"), _join(path, "valueMatcher"), r)
+    key = _key_matcher(m.get("keyMatcher"), join(path, "keyMatcher"), r)
+    value = _value_matcher(m.get("valueMatcher"), join(path, "valueMatcher"), r)
     if key is None and value is None:
         raise r.error(
             path, "needs keyMatcher or valueMatcher", "Add keyMatcher: {name: <key>} for example"
         )
-    strategy, nested = _strategy(m.get("updateStrategy"), _join(path, "updateStrategy"), r)
+    strategy, nested = _strategy(m.get("updateStrategy"), join(path, "updateStrategy"), r)
     return SearchRule(key, value, strategy, nested)
 
 
-def _key_matcher(value: Any, path: str, r: _Reader) -> KeyMatcher | None:
+def _key_matcher(value: Any, path: str, r: Reader) -> KeyMatcher | None:
     if value is None:
         return None
     m = r.fields(value, path, ("name", "path"))
@@ -405,7 +327,7 @@ def _key_matcher(value: Any, path: str, r: _Reader) -> KeyMatcher | None:
 _KEY_HINT = "name matches a key at any depth; path is the full key path from the document root"
 
 
-def _path_part(value: Any, path: str, r: _Reader) -> PathPart:
+def _path_part(value: Any, path: str, r: Reader) -> PathPart:
     if isinstance(value, str):
         return value
     m = r.fields(value, path, ("index", "allIndexes")) if isinstance(value, dict) else {}
@@ -416,12 +338,12 @@ def _path_part(value: Any, path: str, r: _Reader) -> PathPart:
         return AllIndexes()
     raise r.error(
         path,
-        f"expected a key, {{index: N}} or {{allIndexes: true}}, found {_kind(value)}",
+        f"expected a key, {{index: N}} or {{allIndexes: true}}, found {kind_of(value)}",
         "Write list positions as {index: 0}",
     )
 
 
-def _value_matcher(value: Any, path: str, r: _Reader) -> ValueMatcher | None:
+def _value_matcher(value: Any, path: str, r: Reader) -> ValueMatcher | None:
     if value is None:
         return None
     m = r.fields(value, path, ("image", "imageRepo"))
@@ -429,7 +351,7 @@ def _value_matcher(value: Any, path: str, r: _Reader) -> ValueMatcher | None:
     return ValueMatcher(image=ref.image, image_repo=ref.image_repo)
 
 
-def _strategy(value: Any, path: str, r: _Reader) -> tuple[Strategy, tuple[SearchRule, ...]]:
+def _strategy(value: Any, path: str, r: Reader) -> tuple[Strategy, tuple[SearchRule, ...]]:
     if value is None:
         return "entireValue", ()
     chosen = [k for k in r.fields(value, path, _STRATEGIES) if k in _STRATEGIES]
@@ -437,28 +359,28 @@ def _strategy(value: Any, path: str, r: _Reader) -> tuple[Strategy, tuple[Search
         raise r.error(path, f"choose exactly one of {', '.join(_STRATEGIES)}", _STRATEGY_HINT)
     name = _STRATEGY_NAMES[chosen[0]]
     known = ("searchRules",) if name in ("json", "yaml") else ()
-    m = r.fields(value[name], _join(path, name), known)
-    nested = tuple(_rule(item, p, r) for p, item in r.items(m, "searchRules", _join(path, name)))
+    m = r.fields(value[name], join(path, name), known)
+    nested = tuple(_rule(item, p, r) for p, item in r.items(m, "searchRules", join(path, name)))
     return name, nested
 
 
 _STRATEGY_HINT = "e.g. updateStrategy: {json: {searchRules: [...]}}"
 
 
-def _images_lock(data: dict[str, Any], r: _Reader) -> list[Override]:
+def _images_lock(data: dict[str, Any], r: Reader) -> list[Override]:
     """kbld turns each ImagesLock entry into a preresolved override keyed by its original ref."""
     m = r.fields(data, "", ("apiVersion", "kind", "metadata", "images"))
     return [_lock_entry(item, p, r) for p, item in r.items(m, "images", "")]
 
 
-def _lock_entry(item: Any, path: str, r: _Reader) -> Override:
+def _lock_entry(item: Any, path: str, r: Reader) -> Override:
     m = r.fields(item, path, ("image", "annotations"))
     image = r.string(m, "image", path, required="the locked reference (repo@sha256:...)")
-    notes = _string_map(m.get("annotations"), _join(path, "annotations"), r)
+    notes = r.string_map(m.get("annotations"), join(path, "annotations"))
     original = notes.get(LOCK_ID_ANNOTATION)
     if not original:
         raise r.error(
-            f'{_join(path, "annotations")}["{LOCK_ID_ANNOTATION}"]',
+            f'{join(path, "annotations")}["{LOCK_ID_ANNOTATION}"]',
             "required, the reference as written in the manifests",
             "Write the lock with devloop or kbld --imgpkg-lock-output",
         )
@@ -466,35 +388,10 @@ def _lock_entry(item: Any, path: str, r: _Reader) -> Override:
     return Override(ImageRef(image=original), image, preresolved=True, origins=origins)
 
 
-def _lock_origins(text: str | None, path: str, r: _Reader) -> tuple[Origin, ...]:
-    key = f'{_join(path, "annotations")}["{LOCK_ORIGINS_ANNOTATION}"]'
+def _lock_origins(text: str | None, path: str, r: Reader) -> tuple[Origin, ...]:
+    key = f'{join(path, "annotations")}["{LOCK_ORIGINS_ANNOTATION}"]'
     try:
         value = yaml.safe_load(text) if text else None
     except yaml.YAMLError as error:
         raise r.error(key, "not valid YAML", "Write a YAML list of origins") from error
     return _origins(value, key, r)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _unknown(key: str, known: Sequence[str]) -> str:
-    same = [k for k in known if k.lower() == key.lower()]
-    if same:
-        return (
-            f"unknown field, ignored: did you mean '{same[0]}'? "
-            "(devloop matches keys exactly, kbld ignores case)"
-        )
-    listed = ", ".join(k for k in known if k not in ("apiVersion", "kind", "metadata"))
-    return f"unknown field, ignored (known: {listed or 'none'})"
-
-
-_KINDS: dict[type, str] = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
-_KINDS |= {list: "a list", dict: "a mapping", type(None): "null"}
-
-
-def _kind(value: Any) -> str:
-    described = _KINDS.get(type(value), f"a {type(value).__name__}")
-    # Only short strings are quoted back: a long value is more likely a secret than a typo.
-    return f"{described} ({value!r})" if isinstance(value, str) and len(value) < 20 else described

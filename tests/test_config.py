@@ -320,6 +320,10 @@ def test_other_imgpkg_kinds_pass_through() -> None:
             "searchRules[0].updateStrategy.json.searchRules[0]: needs keyMatcher or valueMatcher",
         ),
         (
+            "minimumRequiredVersion: 0.30",
+            "minimumRequiredVersion: expected a string, found a number. Quote it",
+        ),
+        (
             "minimumRequiredVersion: v0.30.0",
             "minimumRequiredVersion: 'v0.30.0' must not start with 'v'. Write '0.30.0'",
         ),

@@ -18,7 +18,10 @@ _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _HEX = re.compile(r"^[a-f0-9]+$")
 # kbld's matcher regex: the repository is everything before an optional :tag and @algo:hex.
-_REPO_PART = re.compile(r"^(.+?)(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$")
+_REPO_PART = re.compile(
+    r"^(.+?)(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+import yaml.resolver
 
 from devloop.errors import ManifestError, location
 
@@ -26,6 +27,7 @@ EXTENSIONS = (".yml", ".yaml", ".json")
 # A document marker: `---` or `...` at column 0, followed by a blank, a line end or the end.
 _MARKER = re.compile(r"^(---|\.\.\.)(?=[ \t\r\n]|\Z)", re.MULTILINE)
 _LINE_REST = re.compile(r"[ \t]*(?:\r?\n)?")
+_STR, _MAP, _SEQ = (f"tag:yaml.org,2002:{name}" for name in ("str", "map", "seq"))
 
 
 @dataclass
@@ -133,11 +135,36 @@ def _line_start(text: str, offset: int) -> int:
     return text.rfind("\n", 0, offset) + 1
 
 
+class _Loader(yaml.CSafeLoader):
+    """libyaml's safe loader with PyYAML's tag resolution minus its per-node bookkeeping.
+
+    The C composer calls back into Python for every node's tag; the stock method also runs the
+    (unused) path-resolver machinery, which costs a quarter of the whole parse.
+    """
+
+    _implicit = yaml.resolver.Resolver.yaml_implicit_resolvers
+
+    def resolve(self, kind: type[yaml.Node], value: str | None, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode:
+            if implicit[0] and value is not None:
+                for tag, pattern in self._implicit.get(value[:1], ()):
+                    if pattern.match(value):
+                        return str(tag)
+            return _STR
+        return _SEQ if kind is yaml.SequenceNode else _MAP
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+
 def _parse(file: str, index: int, text: str, line: int, column: int) -> Document:
-    loader = yaml.CSafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        data = None if node is None else loader.construct_document(node)
+        data = None if node is None else _construct(loader, node, "&" in text)
     except yaml.MarkedYAMLError as error:
         raise _syntax_error(location(file, index), error, line, column) from error
     except yaml.YAMLError as error:
@@ -145,6 +172,41 @@ def _parse(file: str, index: int, text: str, line: int, column: int) -> Document
     finally:
         loader.dispose()
     return Document(file, index, text, node, data, line, column)
+
+
+def _construct(loader: _Loader, node: yaml.Node, anchored: bool) -> Any:
+    """The plain value of `node`; a direct walk for the common case, 3x faster than the
+    constructor. Anchors (shared or recursive values) and merge keys take the constructor."""
+    if anchored:
+        return loader.construct_document(node)
+    try:
+        return _plain(loader, node)
+    except _NeedsConstructor:
+        return loader.construct_document(node)
+
+
+class _NeedsConstructor(Exception):
+    """A merge key or an explicit tag that the direct walk leaves to PyYAML."""
+
+
+def _plain(loader: _Loader, node: yaml.Node) -> Any:
+    tag = node.tag
+    if tag == _STR:
+        return node.value
+    if tag == _MAP:
+        return {_plain(loader, k): _plain(loader, v) for k, v in _entries(node)}
+    if tag == _SEQ:
+        return [_plain(loader, item) for item in node.value]
+    if tag not in loader.yaml_constructors or isinstance(node, yaml.CollectionNode):
+        raise _NeedsConstructor(tag)
+    return loader.construct_object(node)  # int, bool, null, float, timestamp, binary
+
+
+def _entries(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+    entries: list[tuple[yaml.Node, yaml.Node]] = node.value
+    if any(key.tag == "tag:yaml.org,2002:merge" for key, _ in entries):
+        raise _NeedsConstructor("merge")
+    return entries
 
 
 def _syntax_error(where: str, error: yaml.MarkedYAMLError, line: int, column: int) -> ManifestError:

@@ -13,6 +13,7 @@ annotation entry for them and so neither do we: no annotation is added and none 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,16 +59,18 @@ def render_stream(texts: Iterable[str]) -> str:
 
 def origins_yaml(entries: Iterable[Resolved]) -> str:
     """The annotation value: `{url, origins}` per image with origins, sorted, deduplicated."""
-    unique = {_identity(e): e for e in entries if e.origins}
-    listed = [
-        {"origins": [dict(o) for o in e.origins], "url": e.url}
-        for _, e in sorted(unique.items(), key=lambda item: item[0])
-    ]
-    return _dump(listed) if listed else ""
+    return _origins_yaml(tuple(sorted({_identity(e) for e in entries if e.origins})))
 
 
 def _identity(entry: Resolved) -> tuple[str, str]:
     return entry.url, json.dumps(list(entry.origins), sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=1024)
+def _origins_yaml(identities: tuple[tuple[str, str], ...]) -> str:
+    # Cached: thousands of documents share a few hundred images, and dumping is the slow part.
+    listed = [{"origins": json.loads(origins), "url": url} for url, origins in identities]
+    return _dump(listed) if listed else ""
 
 
 def _dump(value: Any) -> str:

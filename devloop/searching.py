@@ -11,7 +11,7 @@ what lets rendering change only those bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -68,37 +68,47 @@ class _Tree(Generic[T]):
     def string(self, tree: T) -> str | None:
         raise NotImplementedError
 
-    def search(
-        self, tree: T, rules: Sequence[SearchRule], path: tuple[Key, ...] = ()
-    ) -> Iterator[_Hit[T]]:
+    def search(self, tree: T, rules: Sequence[SearchRule]) -> list[_Hit[T]]:
+        hits: list[_Hit[T]] = []
+        self._walk(tree, rules, (), hits)
+        return hits
+
+    def _walk(
+        self, tree: T, rules: Sequence[SearchRule], path: tuple[Key, ...], hits: list[_Hit[T]]
+    ) -> None:
+        # An accumulator, not nested generators: this runs for every entry of every document.
         for key, child in self.children(tree):
             child_path = (*path, key)
             rule = _first_match(rules, child_path, self.string(child))
-            hits = self._consume(rule, child, child_path) if rule else None
-            yield from hits if hits is not None else self.search(child, rules, child_path)
+            if rule is None or not self._consume(rule, child, child_path, hits):
+                self._walk(child, rules, child_path, hits)
 
-    def _consume(self, rule: SearchRule, tree: T, path: tuple[Key, ...]) -> list[_Hit[T]] | None:
-        """The references `rule` takes from `tree`, or None when it leaves `tree` to the walk."""
+    def _consume(
+        self, rule: SearchRule, tree: T, path: tuple[Key, ...], hits: list[_Hit[T]]
+    ) -> bool:
+        """Add the references `rule` takes from `tree`; False when it leaves `tree` to the walk."""
         text = self.string(tree)
         if text is None or rule.strategy == "none":
-            return None
+            return False
         if rule.strategy == "entireValue":
-            return [_Hit(path, tree, text, ())]
+            hits.append(_Hit(path, tree, text, ()))
+            return True
         decoded = decode(text, allow_yaml=rule.strategy == "yaml")
         if decoded is None:
-            return None
+            return False
         encoding, docs = decoded
-        return [
+        hits.extend(
             _Hit(path, tree, hit.value, (Inner(encoding, (*prefix, *hit.path)), *hit.inner))
             for prefix, doc in docs
             for hit in _DATA.search(doc, rule.nested)
-        ]
+        )
+        return True
 
 
 class _Nodes(_Tree[yaml.Node]):
     def children(self, tree: yaml.Node) -> Iterable[tuple[Key, yaml.Node]]:
         if isinstance(tree, yaml.MappingNode):
-            return ((k.value, v) for k, v in tree.value if isinstance(k, yaml.ScalarNode))
+            return [(k.value, v) for k, v in tree.value if isinstance(k, yaml.ScalarNode)]
         if isinstance(tree, yaml.SequenceNode):
             return enumerate(tree.value)
         return ()
@@ -150,14 +160,10 @@ def _site(hit: _Hit[yaml.Node]) -> ImageSite:
 def _first_match(
     rules: Sequence[SearchRule], path: tuple[Key, ...], value: str | None
 ) -> SearchRule | None:
-    return next(
-        (
-            r
-            for r in rules
-            if _key_matches(r.key_matcher, path) and _value_matches(r.value_matcher, value)
-        ),
-        None,
-    )
+    for rule in rules:
+        if _key_matches(rule.key_matcher, path) and _value_matches(rule.value_matcher, value):
+            return rule
+    return None
 
 
 def _key_matches(matcher: KeyMatcher | None, path: tuple[Key, ...]) -> bool:

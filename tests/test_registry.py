@@ -148,23 +148,58 @@ def test_docker_config_auths_log_in_to_a_basic_auth_registry(
     assert manifest_sha256(auth_registry, auth_pushed.name, "v2") == auth_pushed.digest
 
 
+def install_helper(directory: Path, answer: dict[str, str], asked: Path) -> None:
+    """Put `docker-credential-test` first on PATH: it records its stdin and prints `answer`."""
+    directory.mkdir()
+    helper = directory / "docker-credential-test"
+    reply = json.dumps(answer)
+    helper.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 2\ncat > {asked}\necho '{reply}'\n")
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.mark.parametrize("key", ["credHelpers", "credsStore"])
 def test_a_credential_helper_supplies_the_login(
+    key: str,
     auth_registry: RunningRegistry,
     auth_pushed: Pushed,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    asked, helper_dir = tmp_path / "helper-was-asked-for", tmp_path / "bin"
-    helper_dir.mkdir()
-    answer = json.dumps({"Username": auth_registry.username, "Secret": auth_registry.password})
-    helper = helper_dir / "docker-credential-test"
-    helper.write_text(f"#!/bin/sh\n[ \"$1\" = get ] || exit 2\ncat > {asked}\necho '{answer}'\n")
-    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{helper_dir}:/usr/bin:/bin")
-    config = write_docker_config(tmp_path / "cfg", {"credHelpers": {auth_registry.host: "test"}})
+    asked = tmp_path / "helper-was-asked-for"
+    answer = {"Username": auth_registry.username, "Secret": auth_registry.password}
+    install_helper(tmp_path / "bin", answer, asked)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    entry = {auth_registry.host: "test"} if key == "credHelpers" else "test"
+    config = write_docker_config(tmp_path / "cfg", {key: entry})
     with client(tmp_path, env={"DOCKER_CONFIG": str(config)}) as reg:
         assert reg.resolve(f"{auth_pushed.repo}:v1") == f"{auth_pushed.repo}@{auth_pushed.digest}"
     assert asked.read_text() == auth_registry.host
+
+
+def test_a_credential_helper_token_is_used_as_an_identity_token(
+    token_registry: RunningRegistry,
+    pushed: Pushed,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answer = {"Username": "<token>", "Secret": token_registry.identity_token}
+    install_helper(tmp_path / "bin", answer, tmp_path / "asked")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    config = write_docker_config(tmp_path / "cfg", {"credHelpers": {token_registry.host: "test"}})
+    repo = f"{token_registry.host}/{pushed.name}"
+    with client(tmp_path, env={"DOCKER_CONFIG": str(config)}) as reg:
+        assert reg.resolve(f"{repo}:v1") == f"{repo}@{pushed.digest}"
+
+
+def test_a_missing_credential_helper_is_an_auth_error_naming_it(
+    auth_registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    config = write_docker_config(tmp_path / "cfg", {"credHelpers": {auth_registry.host: "nope"}})
+    with client(tmp_path, env={"DOCKER_CONFIG": str(config)}) as reg:
+        with pytest.raises(AuthError) as caught:
+            reg.resolve(f"{auth_registry.host}/{repository()}:v1")
+    assert "docker-credential-nope" in str(caught.value)
 
 
 def test_wrong_credentials_name_the_host_and_hide_the_password(
@@ -245,6 +280,18 @@ def test_a_registry_token_from_the_environment_is_sent_as_is(
     with client(tmp_path, env=env) as reg:
         resolved = reg.resolve(f"{token_registry.host}/{pushed.name}:v1")
     assert resolved == f"{token_registry.host}/{pushed.name}@{pushed.digest}"
+
+
+def test_an_identity_token_from_the_environment_is_exchanged_for_a_token(
+    token_registry: RunningRegistry, pushed: Pushed, tmp_path: Path
+) -> None:
+    env = {
+        "KBLD_REGISTRY_HOSTNAME": token_registry.host,
+        "KBLD_REGISTRY_IDENTITY_TOKEN": token_registry.identity_token,
+    }
+    repo = f"{token_registry.host}/{pushed.name}"
+    with client(tmp_path, env=env) as reg:
+        assert reg.resolve(f"{repo}:v1") == f"{repo}@{pushed.digest}"
 
 
 def fetch_token(target: RunningRegistry, scope: str) -> str:

@@ -4,10 +4,12 @@ Blocking on purpose: the async layer calls it in worker threads. It uses only th
 library (http.client with keep-alive connections per host), because importing requests would
 add about 0.1 s to every `devloop resolve` start.
 
-Scheme: HTTPS first. Loopback hosts (localhost, 127.0.0.0/8, ::1) and every host under
---registry-insecure fall back to plain HTTP when the TLS handshake fails for any reason other
-than an unverifiable certificate. That is Docker's rule for insecure registries, and Docker counts
-127.0.0.0/8 as insecure by default. The scheme that worked is kept for the registry's lifetime.
+Scheme: HTTPS. Loopback hosts (localhost, 127.0.0.0/8, ::1) and every host under
+--registry-insecure are first probed with a TLS handshake, and get plain HTTP when they do not
+take one. That is Docker's rule for insecure registries (Docker counts 127.0.0.0/8 as insecure by
+default), so a local `docker-registry` on http://127.0.0.1:5000 needs no flag. The scheme found
+is kept for the client's lifetime. Each request has `timeout` on connecting and on every read.
+HTTP(S)_PROXY variables are not honoured yet.
 
 Credentials are looked up only when a registry answers 401: first the KBLD_REGISTRY_* variables,
 then the Docker config (credHelpers, credsStore, auths), as kbld's keychain does.

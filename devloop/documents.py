@@ -289,16 +289,21 @@ def _try_parse(doc: Document, text: str) -> Document | None:
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while node trees pile up.
+    """Keep the cyclic garbage collector off the parsed documents.
 
-    Every retained node and dict counts towards the collector's thresholds, so a 2,000-document
-    parse triggers dozens of full collections that find nothing (the trees hold no cycles):
-    measured 1.3 s with the collector and 0.45 s without.
+    Node trees are large (a 2,000-document stream is ~500,000 tracked objects) and hold no
+    cycles, yet every collection while they live scans them all: measured 1.1 s of CPU for the
+    read plus later allocations, 0.3 s with this. So the collector is paused while parsing and
+    everything alive afterwards is frozen (`gc.freeze`: skipped by collections, still freed by
+    reference counting when dropped). The next read unfreezes first, so cyclic garbage that got
+    frozen is looked at again then rather than kept for the life of the daemon.
     """
     enabled = gc.isenabled()
+    gc.unfreeze()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()

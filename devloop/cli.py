@@ -106,7 +106,8 @@ def _inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         aliases=["i", "is", "insp"],
         help="list images, their origins and users",
         description="List the images in the manifests, the origins recorded in their "
-        "kbld.k14s.io/images annotations (current and legacy formats), and the resources using them.",
+        "kbld.k14s.io/images annotations (current and legacy formats), and the resources "
+        "using them.",
     )
     _add_files(p)
     add_bool(p, "json", False, "print JSON instead of a table")

@@ -23,7 +23,7 @@ from devloop.references import DEFAULT_TAG, is_digest, parse_reference, repo_of
 
 if TYPE_CHECKING:
     from devloop.building import Engine
-    from devloop.logs import LineWriter
+    from devloop.logs import LineSink
     from devloop.registry import Registry, RegistryOptions
 
 
@@ -48,7 +48,7 @@ class Resolver:
     """Turns references into `Resolved` values; one instance per run (or per daemon cycle)."""
 
     config: Config
-    out: LineWriter
+    out: LineSink
     options: ResolveOptions = ResolveOptions()
     engine: Engine | None = (
         None  # created on the first build, so digest-only runs never import docker
@@ -133,7 +133,7 @@ def build_source(
     config: Config,
     url: str,
     source: Source,
-    out: LineWriter,
+    out: LineSink,
     registry: Callable[[], Registry],
     cancelled: Callable[[], bool] | None = None,
 ) -> Resolved:

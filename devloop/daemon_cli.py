@@ -1,0 +1,140 @@
+"""Command-line surface of `devloop up` and `devloop down`.
+
+Flags left unset are None, so that `settings.settle` can let the environment and the project's
+Settings document fill them; only what the user typed wins over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from devloop.settings import Settings
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from devloop.cli import add_bool
+
+    up = sub.add_parser(
+        "up",
+        help="watch, build, apply and roll out on every save",
+        description="Watch the Sources and manifests; on every change rebuild only the images "
+        "whose inputs changed, re-render and resolve the manifests with the new digests, apply "
+        "them with server-side apply and wait for the rollout. Ctrl-C stops.",
+    )
+    _common(up)
+    up.add_argument(
+        "--render",
+        metavar="CMD",
+        help="a command whose stdout is the manifests, e.g. 'ytt -f config/'; rerun "
+        "when its inputs (the -f paths, or --render-input) change",
+    )
+    up.add_argument(
+        "--render-input",
+        dest="render_inputs",
+        action="append",
+        metavar="PATH",
+        help="a file or directory the render command reads; repeatable",
+    )
+    up.add_argument("--context", help="kubeconfig context (default: the current one)")
+    up.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    up.add_argument(
+        "--build-concurrency",
+        type=int,
+        metavar="N",
+        help=f"image builds at once (default {Settings.build_concurrency})",
+    )
+    up.add_argument(
+        "--debounce-ms",
+        type=int,
+        metavar="MS",
+        help=f"quiet period after the last change (default {Settings.debounce_ms})",
+    )
+    up.add_argument(
+        "--max-wait-ms",
+        type=int,
+        metavar="MS",
+        help=f"cap on waiting for quiet (default {Settings.max_wait_ms})",
+    )
+    up.add_argument(
+        "--rollout-timeout",
+        dest="rollout_timeout_s",
+        type=float,
+        metavar="SECONDS",
+        help=f"deadline of a rollout (default {Settings.rollout_timeout_s:.0f})",
+    )
+    add_bool(up, "cleanup", False, "delete what was applied on exit")
+    up.set_defaults(cleanup=None)
+    up.add_argument(
+        "--log-format",
+        choices=["console", "json"],
+        help="console lines on stderr, or JSON lines on stdout (default console)",
+    )
+    up.add_argument(
+        "--target",
+        choices=["kubernetes", "docker"],
+        help="where to run the app (default kubernetes)",
+    )
+    up.set_defaults(run=_run_up)
+
+    down = sub.add_parser(
+        "down",
+        help="delete the app's resources",
+        description="Delete everything `devloop up` applied for the app.",
+    )
+    _common(down)
+    down.add_argument("--context", help="kubeconfig context")
+    down.add_argument("--kubeconfig", help="kubeconfig file")
+    down.set_defaults(run=_run_down)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--file",
+        dest="files",
+        action="append",
+        metavar="PATH",
+        help="manifest file or directory; repeatable (default config/)",
+    )
+    parser.add_argument("--app", help="names the inventory (default: the directory name)")
+    parser.add_argument("-n", "--namespace", help="namespace for objects that name none")
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    names = [
+        "files",
+        "render",
+        "render_inputs",
+        "namespace",
+        "context",
+        "kubeconfig",
+        "app",
+        "build_concurrency",
+        "debounce_ms",
+        "max_wait_ms",
+        "rollout_timeout_s",
+        "cleanup",
+        "log_format",
+        "target",
+    ]
+    flags = {name: getattr(args, name, None) for name in names}
+    for name in ("files", "render_inputs"):
+        values: list[str] | None = flags[name]
+        if values is not None:
+            flags[name] = tuple(p for value in values for p in value.split(",") if p)
+    return flags
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    import anyio
+
+    from devloop.daemon import run
+
+    return anyio.run(run, flags_of(args))
+
+
+def _run_down(args: argparse.Namespace) -> int:
+    from devloop.daemon import down
+
+    return down(flags_of(args))

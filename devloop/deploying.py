@@ -1,0 +1,170 @@
+"""One deploy cycle of the daemon: render, resolve with the lanes' digests, apply, wait.
+
+The manifests are read again (or the `--render` command is run again) on every cycle, resolved
+with the images the lanes built, applied with server-side apply, and the workloads whose rendered
+content changed are waited for. Every outcome is one event; failures are reported and raised for
+the caller to decide whether to retry (cluster unreachable) or wait for the next change.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import yaml
+
+from devloop.documents import read_inputs
+from devloop.errors import ClusterUnavailable, DevloopError, ManifestError
+from devloop.events import Events, Stopwatch
+from devloop.model import Resolved, Source
+from devloop.pipeline import Found, find, rewrite
+from devloop.resolving import Resolver
+from devloop.settings import Settings, from_document, is_settings_document
+
+RENDER_TIMEOUT_S = 60.0
+APPLY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The newest good input: manifests with their config, and the settings documents found."""
+
+    found: Found
+    file_settings: list[dict[str, Any]]
+
+
+def load(settings: Settings) -> Loaded:
+    """Read the manifests (or run the render command) and split off every config document."""
+    if settings.render:
+        documents = read_inputs(["-"], io.StringIO(run_render(settings.render)))
+    else:
+        documents = read_inputs(list(settings.files), io.StringIO(""))
+    found = find(documents)
+    keep, file_settings = [], []
+    for doc, sites in zip(found.documents, found.sites, strict=True):
+        if is_settings_document(doc.data):
+            file_settings.append(from_document(doc.data, doc.where))
+        else:
+            keep.append((doc, sites))
+    trimmed = Found(found.config, [d for d, _ in keep], [s for _, s in keep], found.warnings)
+    return Loaded(trimmed, file_settings)
+
+
+def run_render(command: str) -> str:
+    try:
+        done = subprocess.run(
+            command,
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=RENDER_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ManifestError(
+            f"--render '{command}'", f"did not finish in {RENDER_TIMEOUT_S:.0f} s"
+        ) from error
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-10:])
+        raise ManifestError(f"--render '{command}'", f"exited with {done.returncode}:\n{tail}")
+    return done.stdout
+
+
+def source_urls(found: Found) -> dict[str, Source]:
+    """The references a Source builds (after overrides), keyed by that reference."""
+    lanes: dict[str, Source] = {}
+    for url in found.urls:
+        override = found.config.override_for(url)
+        if override is not None and override.preresolved:
+            continue
+        target = override.new_image if override is not None else url
+        source = found.config.source_for(target)
+        if source is not None:
+            lanes[url] = source
+    return lanes
+
+
+@dataclass
+class Deployer:
+    """Applies the newest state; remembers what it applied so unchanged objects are not resent."""
+
+    settings: Settings
+    events: Events
+    inventory: Any = None  # applying.Inventory of the last successful apply
+    _cluster: Any = None
+    _resolved_cache: dict[str, Resolved] = field(default_factory=dict)
+
+    async def deploy(self, loaded: Loaded, built: Mapping[str, Resolved]) -> None:
+        watch = Stopwatch()
+        self.events.emit("apply.started", app=self.settings.app_name)
+        resolver = Resolver(loaded.found.config, self.events)
+        prebuilt = {**self._resolved_cache, **built}
+        resolved = await resolver.resolve_all(loaded.found.urls, prebuilt=prebuilt)
+        self._resolved_cache.update({u: r for u, r in resolved.items() if u not in built})
+        objects = _objects(loaded.found, resolved)
+        result = await self._apply(objects)
+        self.events.emit("apply.finished", seconds=watch.seconds, **result.counts())
+        for url in sorted(resolved):
+            self.events.line("resolve", f"final: {url} -> {resolved[url].url}")
+        await self._wait(result)
+
+    async def _apply(self, objects: list[Any]) -> Any:
+        from devloop import applying
+
+        cluster = await self.cluster()
+        with anyio.fail_after(APPLY_TIMEOUT_S):
+            result = await anyio.to_thread.run_sync(
+                lambda: applying.apply_objects(
+                    cluster,
+                    objects,
+                    self.settings.app_name,
+                    self.settings.namespace,
+                    self.inventory,
+                )
+            )
+        self.inventory = result.inventory
+        return result
+
+    async def _wait(self, result: Any) -> None:
+        from devloop import rollout
+
+        workloads = result.changed_workloads()
+        if not workloads:
+            return
+        watch = Stopwatch()
+        cluster = await self.cluster()
+        await anyio.to_thread.run_sync(
+            lambda: rollout.wait_for_rollouts(cluster, workloads, self.settings.rollout_timeout_s)
+        )
+        self.events.emit(
+            "rollout.finished", seconds=watch.seconds, workloads=[w.name for w in workloads]
+        )
+
+    async def cluster(self) -> Any:
+        if self._cluster is None:
+            from devloop import applying
+
+            self._cluster = await anyio.to_thread.run_sync(
+                lambda: applying.Cluster(self.settings.kubeconfig, self.settings.context)
+            )
+        return self._cluster
+
+
+def _objects(found: Found, resolved: Mapping[str, Resolved]) -> list[Any]:
+    """The rendered documents as ManifestObjects (data plus where), skipping empty ones."""
+    from devloop.applying import ManifestObject
+
+    text = rewrite(found, resolved, annotate=True)
+    rendered = [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d]
+    wheres = [doc.where for doc in found.documents if doc.data]
+    if len(rendered) != len(wheres):
+        raise DevloopError("internal error: rendered documents do not match the input")
+    return [ManifestObject(data, where) for data, where in zip(rendered, wheres, strict=True)]
+
+
+__all__ = ["ClusterUnavailable", "Deployer", "Loaded", "load", "source_urls"]

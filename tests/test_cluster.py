@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -305,3 +306,34 @@ def test_up_without_go_or_cached_binaries_says_to_install_go(tmp_path: Path) -> 
     assert "Go is not installed" in failed.stderr
     assert "https://go.dev/doc/install" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie: stopped components are reaped by init, not by us."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_cluster_stops_itself_when_its_owner_is_killed(tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    state = tmp_path / "c"
+    try:
+        started = run_script("up", "--dir", str(state), "--stop-with", str(owner.pid))
+        assert started.returncode == 0, started.stderr
+        pidfiles = (state / "run").glob("*.json")
+        pids = {path.stem: json.loads(path.read_text())["pid"] for path in pidfiles}
+        watchdog = os.pidfd_open(pids["watchdog"])
+    finally:
+        owner.kill()
+        owner.wait()
+
+    ended, _, _ = select.select([watchdog], [], [], 60)  # readable once the watchdog has exited
+    os.close(watchdog)
+    assert ended, "the watchdog did not stop the cluster within 60 s"
+    assert [name for name, pid in pids.items() if running(pid)] == []
+    assert not (state / "run").exists()
+    assert not (state / "etcd").exists()

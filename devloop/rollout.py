@@ -343,14 +343,16 @@ def wait_for_rollouts(
     *,
     poll_s: float = POLL_S,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> None:
     """Return once every workload rolled out; RolloutError on a fast failure or the deadline.
 
-    `on_progress` hears each workload's status whenever it changes. `clock` and `sleep` are the
-    seams a test replaces to run the deadline without waiting.
+    `on_progress` hears each workload's status whenever it changes. Run through
+    `anyio.to_thread.run_sync`, it stops at the next poll once the calling task is cancelled.
+    `clock` and `sleep` are the seams a test replaces to run the deadline without waiting.
     """
     report = on_progress or (lambda _w, _s: None)
+    pause = sleep or _pause
     pending: dict[Workload, Status] = {w: _pending("not read yet") for w in workloads}
     end = clock() + deadline_s
     while pending:
@@ -366,7 +368,19 @@ def wait_for_rollouts(
         if pending and clock() >= end:
             raise RolloutError(_timeout_message(pending, deadline_s))
         if pending:
-            sleep(poll_s)
+            pause(poll_s)
+
+
+def _pause(seconds: float) -> None:
+    """Sleep between polls, but first stop if the anyio task that started this thread was
+    cancelled: a newer change must not wait for an old rollout's deadline."""
+    from anyio.from_thread import check_cancelled
+
+    try:
+        check_cancelled()
+    except RuntimeError:
+        pass  # not in an anyio worker thread: nobody to be cancelled by
+    time.sleep(seconds)
 
 
 def _place(workload: Workload) -> str:

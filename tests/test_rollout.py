@@ -8,9 +8,12 @@ tests in test_applying.py run the same loop against a real control plane.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -250,8 +253,10 @@ class ScriptedCluster:
 
     def __init__(self, steps: list[dict[tuple[str, str], list[dict[str, Any]]]]) -> None:
         self.steps, self.step = steps, -1
+        self.read = threading.Event()
 
     def get_object(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
+        self.read.set()
         self.step = min(self.step + 1, len(self.steps) - 1)
         found = self.steps[self.step].get((kind, name), [])
         return found[0] if found else None
@@ -330,6 +335,22 @@ def test_the_deadline_lists_what_is_still_pending() -> None:
     assert "Deployment/web in namespace dev: 1 of 2 replicas updated" in message
     assert "StatefulSet/db in namespace dev: not found (yet)" in message
     assert clock.now == pytest.approx(5, abs=0.5)
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(20)
+async def test_cancelling_the_caller_stops_the_wait_in_its_worker_thread() -> None:
+    cluster = ScriptedCluster([snapshot(deployment(updatedReplicas=1), [])])
+
+    def wait() -> None:
+        wait_for_rollouts(cluster, [WEB], deadline_s=3600, poll_s=0.01)
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, wait)
+            await anyio.to_thread.run_sync(cluster.read.wait)
+            scope.cancel()
+    assert scope.cancelled_caught
 
 
 def test_waiting_for_nothing_returns_at_once() -> None:

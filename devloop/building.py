@@ -329,10 +329,14 @@ def _push(engine: Engine, repository: str, push_tag: str, out: LineSink) -> str:
     return digest
 
 
+# How the engine words refusals; it relays the registry's errors as plain text.
+_AUTH_WORDS = ("unauthorized", "authentication required", "denied", "no basic auth credentials")
+
+
 def _registry_error(repository: str, reason: str) -> RegistryError:
     message = f"pushing {repository} failed: {reason}"
     lowered = reason.lower()
-    if any(word in lowered for word in ("unauthorized", "authentication required", "denied")):
+    if any(word in lowered for word in _AUTH_WORDS):
         return AuthError(f"{message}; log in with `docker login` for that registry")
     if any(word in lowered for word in ("connection refused", "no such host", "dial tcp")):
         return RegistryUnavailable(f"{message}; is the registry running?")

@@ -33,11 +33,14 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from devloop import dockerignore, inputs
+from devloop.errors import PermanentError
 from devloop.model import Source
 
 DEFAULT_QUIET_S = 0.1  # quiet period after the last event, seconds (--debounce-ms)
 DEFAULT_MAX_WAIT_S = 2.0  # cap from the first event of a burst, seconds (--max-wait-ms)
-STEP_MS = 20  # watchfiles groups events closer than this; also its idle wake-up period
+# watchfiles returns a group of events once none arrived for this long, and wakes up this often
+# when idle: 10 ms gives a 21 ms save-to-batch floor for 0.3% idle CPU (20 ms: 41 ms, 0.23%).
+STEP_MS = 10
 RUST_TIMEOUT_MS = 5_000  # watchfiles returns to Python this often when idle
 MANIFEST_SUFFIXES = (".yml", ".yaml", ".json")  # what a manifest directory's loader reads
 
@@ -373,8 +376,18 @@ async def _forward(
             probe.ready.set()  # a scripted generator never calls is_set()
             await out.send(batch)
         await out.send(None)
+    except OSError as error:
+        raise _watch_failed(len(dirs), error) from error
     finally:
         probe.ready.set()
+
+
+def _watch_failed(count: int, error: OSError) -> PermanentError:
+    return PermanentError(
+        f"cannot watch {count} directories: {error}. If the inotify limits are reached, raise "
+        "them (sysctl fs.inotify.max_user_watches=524288 fs.inotify.max_user_instances=512) "
+        "or exclude large directories in .dockerignore"
+    )
 
 
 async def _stop_when_cancelled(probe: _ReadyProbe) -> None:

@@ -290,7 +290,7 @@ def _value_from(pod: _Pod, source: Mapping[str, Any], index: _Index, path: str) 
             if data is None or ref.get("optional"):
                 return None
             raise InputError(
-                f"{pod.where}: {path}.key",
+                f"{pod.where}: {path}.{ref_key}.key",
                 f"{kind} '{ref.get('name')}' has no key '{ref.get('key')}'",
                 "add the key or mark the reference `optional: true`",
             )
@@ -644,10 +644,9 @@ async def _set_when_cancelled(stop: threading.Event) -> None:
 def _trouble(spec: ContainerSpec, status: containers.Status) -> str | None:
     """Why the container counts as failed, or None while it is fine."""
     if status.restart_count > 0:
-        return (
-            f"crash-looped: restarted {status.restart_count} times, "
-            f"last exit code {status.exit_code}"
-        )
+        # The engine resets ExitCode when it restarts the process: the code is often unknown.
+        code = f", last exit code {status.exit_code}" if status.exit_code is not None else ""
+        return f"crash-looped (restarted {status.restart_count}x{code})"
     if status.running or (spec.runs_to_completion and status.exit_code == 0):
         return None
     if status.exit_code is None:

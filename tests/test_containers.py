@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -72,8 +73,7 @@ def wait_for(predicate: object, seconds: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def app() -> Iterator[str]:
+def fresh_app() -> Iterator[str]:
     """A fresh app name with its network; fails the test if it leaves a container behind."""
     name = f"t{uuid.uuid4().hex[:8]}"
     containers.ensure_network(name)
@@ -83,14 +83,19 @@ def app() -> Iterator[str]:
     assert [info.name for info in leaked] == []
 
 
+@pytest.fixture
+def app() -> Iterator[str]:
+    yield from fresh_app()
+
+
 @pytest.fixture(scope="session")
 def page_image() -> str:
     return busybox_image("page", "hello from the image\n")
 
 
-def spec_for(app: str, image: str, **fields: object) -> ContainerSpec:
+def spec_for(app: str, image: str, **fields: Any) -> ContainerSpec:
     base = ContainerSpec(app=app, kind="Deployment", workload="web", container="web", image=image)
-    return ContainerSpec(**{**base.__dict__, **fields})  # type: ignore[arg-type]
+    return replace(base, **fields)
 
 
 def run_to_exit(spec: ContainerSpec) -> tuple[str, containers.Status]:

@@ -46,13 +46,11 @@ class Lane:
         return bool(self._pending) or self._scope is not None
 
     def request(self, reason: str) -> None:
-        """Ask for a build with the newest inputs, superseding a running one."""
+        """Ask for a build with the newest inputs; a running build is checked and superseded."""
         self._pending.append(reason)
-        if self._scope is not None:
-            self._cancel_running()
         self._wakeup.set()
 
-    def _cancel_running(self) -> None:
+    def cancel_running(self) -> None:
         if self._stop is not None:
             self._stop.set()
         if self._scope is not None:
@@ -109,11 +107,16 @@ class LaneRunner:
         with anyio.CancelScope() as scope:
             lane._scope, lane._stop = scope, stop
             try:
-                async with self.limiter:
-                    self.events.emit("build.started", image=lane.image, reason=reason)
-                    result = await _run_stoppable(self.build, lane, stop)
-            except DevloopError as exc:
-                error = exc
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._supersede, lane, inputs)
+                    try:
+                        async with self.limiter:
+                            self.events.emit("build.started", image=lane.image, reason=reason)
+                            result = await _run_stoppable(self.build, lane, stop)
+                    except DevloopError as exc:  # caught inside: the group would wrap it
+                        error = exc
+                    finally:
+                        tg.cancel_scope.cancel()
             finally:
                 lane._scope, lane._stop = None, None
         if stop.is_set() or scope.cancelled_caught:  # a build stopped on purpose
@@ -130,6 +133,29 @@ class LaneRunner:
         self.events.emit("build.finished", image=lane.image, seconds=watch.seconds, ref=result.url)
         await self.on_done(lane)
         return "built"
+
+    async def _supersede(self, lane: Lane, building: str) -> None:
+        """While a build runs, stop it as soon as a request brings different inputs.
+
+        A request whose inputs equal the running build's (a save without a change, a touch) is
+        dropped, so the build it would have restarted finishes instead.
+        """
+        while True:
+            await lane._wakeup.wait()
+            lane._wakeup = anyio.Event()
+            if not lane._pending:
+                continue
+            try:
+                inputs = await anyio.to_thread.run_sync(self.digest, lane.source)
+            except DevloopError:
+                inputs = None  # the next cycle reports it
+            if inputs != building:
+                lane.cancel_running()
+                return
+            self.events.emit(
+                "build.skipped", image=lane.image, reason="inputs equal the running build's"
+            )
+            lane._pending.clear()
 
     async def _failed(self, lane: Lane, error: DevloopError, watch: Stopwatch) -> str:
         lane.failed = True

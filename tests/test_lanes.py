@@ -49,10 +49,22 @@ class FakeBuilds:
         return Resolved(f"kbld:app-{len(self.calls)}")
 
 
+class NotifyingStream(io.StringIO):
+    """Collects the event lines and wakes a waiting test on each write (from the event loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = anyio.Event()
+
+    def write(self, text: str) -> int:
+        self.written.set()
+        return super().write(text)
+
+
 class Harness:
     def __init__(self, digests: list[str]) -> None:
         self.builds = FakeBuilds()
-        self.stream = io.StringIO()
+        self.stream = NotifyingStream()
         self.done = anyio.Event()
         digest_values = iter(digests)
         self.runner = LaneRunner(
@@ -78,13 +90,19 @@ class Harness:
                 await self.builds.called.wait()
                 self.builds.called = anyio.Event()
 
+    async def wait_event(self, name: str) -> None:
+        with anyio.fail_after(5):
+            while name not in [e for e, _ in self.events()]:
+                await self.stream.written.wait()
+                self.stream.written = anyio.Event()
+
     def events(self) -> list[tuple[str, Any]]:
         records = [json.loads(line) for line in self.stream.getvalue().splitlines()]
         return [(r["event"], r.get("reason")) for r in records if r["event"] != "output"]
 
 
 async def test_a_newer_change_cancels_the_running_build_and_builds_once_more() -> None:
-    h = Harness(["d1", "d2"])
+    h = Harness(["d1", "d2", "d2"])
     async with anyio.create_task_group() as tg:
         tg.start_soon(h.runner.builder, h.lane)
         h.lane.request("changed: a.go")
@@ -168,3 +186,19 @@ async def test_cancelling_the_daemon_stops_a_running_build() -> None:
         await h.wait_calls(1)
         tg.cancel_scope.cancel()
     assert h.builds.calls[0].is_set()
+
+
+async def test_a_save_that_does_not_change_the_inputs_lets_the_running_build_finish() -> None:
+    h = Harness(["d1", "d1"])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.runner.builder, h.lane)
+        h.lane.request("changed: main.go")
+        await h.wait_calls(1)
+        h.lane.request("changed: main.go")  # the same content saved again
+        await h.wait_event("build.skipped")
+        h.builds.release.release()
+        await h.wait_done()
+        tg.cancel_scope.cancel()
+    assert not h.builds.calls[0].is_set()
+    assert [e for e, _ in h.events()] == ["build.started", "build.skipped", "build.finished"]
+    assert len(h.builds.calls) == 1

@@ -21,7 +21,7 @@ Obj = Mapping[str, Any]
 
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"})
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
-POLL_S = 0.5  # between two reads of the pending workloads, seconds
+POLL_S = 0.25  # between two reads of the pending workloads, seconds (3 GETs each)
 MESSAGE_CHARS = 300  # a server message is cut to this many characters
 
 

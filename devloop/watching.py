@@ -33,7 +33,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from devloop import dockerignore, inputs
-from devloop.errors import PermanentError
+from devloop.errors import InputError, PermanentError
 from devloop.model import Source
 
 DEFAULT_QUIET_S = 0.1  # quiet period after the last event, seconds (--debounce-ms)
@@ -151,9 +151,15 @@ class Context:
         ignore = dockerignore.ignore_file_for(root, dockerfile)
         return cls(key, root, dockerfile, ignore, dockerignore.load(root, dockerfile))
 
+    @property
+    def rule_files(self) -> frozenset[str]:
+        """Both places BuildKit looks for ignore rules: creating either may change the rules."""
+        specific = self.dockerfile.with_name(self.dockerfile.name + dockerignore.IGNORE_FILE)
+        return frozenset(str(p) for p in (self.root / dockerignore.IGNORE_FILE, specific))
+
     def owns(self, path: str) -> str | None:
         """The context-relative path if a change to `path` changes this image's inputs."""
-        if path in (str(self.dockerfile), str(self.ignore_file)):
+        if path == str(self.dockerfile) or path in self.rule_files:
             return os.path.relpath(path, self.root)  # may start with ../
         rel = _inside(path, self.root)
         if rel is None or (rel and self.matcher.excluded(rel)):
@@ -194,6 +200,19 @@ class WatchSet:
         if not changes.images and not changes.manifests and not changes.config:
             changes.ignored.add(shown)
 
+    def explain(self, path: str) -> str:
+        """Why a change to `path` is ignored, naming the rule: for "why didn't it rebuild?"."""
+        path = os.path.abspath(path)
+        if is_ignored_path(path):
+            return "a .git or editor temporary file"
+        reasons = [
+            f"excluded from {c.key} by {_relative(str(c.ignore_file), self.base)} line "
+            f"{c.matcher.rule_for(rel)!r}"
+            for c in self.contexts
+            if (rel := _inside(path, c.root)) and c.matcher.excluded(rel)
+        ]
+        return "; ".join(reasons) or "outside every build context, manifest and config file"
+
     def _is_manifest(self, path: str) -> bool:
         for root in self.manifests + self.render_inputs:
             rel = _inside(path, root)
@@ -204,14 +223,18 @@ class WatchSet:
         return False
 
     def touches_ignore_rules(self, paths: Iterable[str]) -> bool:
-        rules = {str(c.ignore_file) for c in self.contexts} | {
-            str(c.dockerfile) for c in self.contexts
-        }
+        rules = frozenset().union(*(c.rule_files for c in self.contexts))
         return any(os.path.abspath(p) in rules for p in paths)
 
     def reloaded(self) -> WatchSet:
-        """The same set with .dockerignore files read again."""
-        return watch_set(self.sources, self.manifests, self.render_inputs, self.config, self.base)
+        """The same set with the ignore files read again; itself if one is now invalid (the
+        image's next build reports the bad line, since the change counts for that image)."""
+        try:
+            return watch_set(
+                self.sources, self.manifests, self.render_inputs, self.config, self.base
+            )
+        except InputError:
+            return self
 
 
 def watch_set(

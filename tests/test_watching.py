@@ -131,12 +131,38 @@ def test_dockerignored_and_temporary_paths_are_ignored(project: WatchSet) -> Non
     assert changes.ignored == set(paths)
 
 
+def test_an_ignored_path_is_explained_with_the_rule_that_ignored_it(project: WatchSet) -> None:
+    base = project.base
+    assert project.explain(str(base / "api/node_modules/dep/index.js")) == (
+        "excluded from api by api/.dockerignore line 'node_modules'"
+    )
+    assert project.explain(str(base / "api/.main.go.swp")) == "a .git or editor temporary file"
+    assert project.explain(str(base / "README.md")).startswith("outside every build context")
+
+
 def test_the_dockerfile_and_dockerignore_count_for_their_image(project: WatchSet) -> None:
     base = project.base
     changes = project.classify(
         [str(base / "docker/web.Dockerfile"), str(base / "api/.dockerignore")]
     )
     assert changes.images == {"web": {"../docker/web.Dockerfile"}, "api": {".dockerignore"}}
+
+
+def test_a_new_dockerfile_specific_ignore_file_counts_and_changes_the_rules(
+    project: WatchSet,
+) -> None:
+    specific = write(project.base / "docker/web.Dockerfile.dockerignore", "*.html\n")
+    assert project.classify([str(specific)]).images == {
+        "web": {"../docker/web.Dockerfile.dockerignore"}
+    }
+    assert project.touches_ignore_rules([str(specific)])
+    html = str(project.base / "web/index.html")
+    assert project.reloaded().classify([html]).ignored == {"web/index.html"}
+
+
+def test_an_invalid_ignore_file_keeps_the_previous_rules(project: WatchSet) -> None:
+    write(project.base / "api/.dockerignore", "[\n")
+    assert project.reloaded() is project
 
 
 def test_a_manifest_change_is_manifest_only(project: WatchSet) -> None:

@@ -84,6 +84,22 @@ async def latency(ws: WatchSet, writes: int, quiet: float) -> list[float]:
     return samples
 
 
+async def new_directory_latency(ws: WatchSet, count: int) -> list[float]:
+    """mkdir + a file in it -> batch holding that file: includes restarting the watch."""
+    send, receive = anyio.create_memory_object_stream[Changes](10)
+    samples = []
+    async with receive, anyio.create_task_group() as tg:
+        await tg.start(partial(watcher, ws, send, quiet=0.0))
+        for i in range(count):
+            started = time.perf_counter()
+            write(ws.base / f"app/src/new{i}/file.go", "package new\n")
+            while f"src/new{i}/file.go" not in (await receive.receive()).images.get("app", ()):
+                pass
+            samples.append((time.perf_counter() - started) * 1000)
+        tg.cancel_scope.cancel()
+    return samples
+
+
 async def idle(ws: WatchSet, seconds: float) -> tuple[float, float, int]:
     send, receive = anyio.create_memory_object_stream[Changes](10)
     async with receive, anyio.create_task_group() as tg:
@@ -146,6 +162,11 @@ async def main(args: argparse.Namespace) -> None:
                 f"save-to-batch, quiet {quiet * 1000:.0f} ms: median "
                 f"{statistics.median(samples):.1f} ms, max {max(samples):.1f} ms"
             )
+        samples = await new_directory_latency(ws, args.writes)
+        print(
+            f"new directory to batch (restarts the watch), quiet 0 ms: median "
+            f"{statistics.median(samples):.1f} ms, max {max(samples):.1f} ms"
+        )
         cpu, rss, watches = await idle(ws, args.idle)
         print(f"pruned idle: CPU {cpu:.2f}%, RSS {rss:.0f} MiB, inotify watches {watches}")
         report_digest(ws)

@@ -371,6 +371,9 @@ def _pump(
     except _Cancelled:
         _stop_reader(reader, stop)
         raise BuildCancelled("the build was cancelled") from None
+    except BaseException:
+        _stop_reader(reader, stop)  # a failing probe, or the consumer gave up: no orphan reader
+        raise
     reader.join()
 
 

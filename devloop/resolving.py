@@ -169,6 +169,8 @@ def _cancelled() -> bool:
     """True once the task that started this worker thread has been cancelled."""
     try:
         anyio.from_thread.check_cancelled()
-    except anyio.get_cancelled_exc_class():
+    except Exception:
+        raise
+    except BaseException:  # the backend's cancellation (get_cancelled_exc_class needs a loop)
         return True
     return False

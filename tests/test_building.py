@@ -9,10 +9,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import docker.errors
 import pytest
 
-from devloop import building
+from devloop import building, resolving
 from devloop.building import (
     BuildResult,
     Engine,
@@ -326,3 +328,29 @@ def test_a_push_logs_in_with_the_docker_config(
     pushed = building.push_image(engine, built.tag, target, Lines())
     assert pushed.startswith(f"{target}@sha256:")
     engine.close()
+
+
+@pytest.mark.anyio
+async def test_cancelling_the_waiting_task_stops_the_build_in_its_worker_thread(
+    engine: Engine, base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext
+) -> None:
+    started = f"started-{leftovers.token}"
+    dockerfile = f"FROM {base_images.busybox}\nRUN echo {started} && sleep 30\n"
+    out = Lines(wanted=started)
+    context = source(make_context(dockerfile=dockerfile))
+
+    raised: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            build_image(engine, context, leftovers.image, out, resolving._cancelled)
+        except BaseException as e:
+            raised.append(e)
+
+    with anyio.fail_after(25):  # the sleep would take 30 s: only a real stop ends sooner
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, build)
+            await anyio.to_thread.run_sync(out.seen.wait, 60)
+            tg.cancel_scope.cancel()
+    assert [type(e) for e in raised] == [BuildCancelled]
+    assert out.texts()[-1] == started  # nothing after the cancel: no "finished build"

@@ -244,8 +244,11 @@ class _Build:
 
     def run(self, kwargs: Mapping[str, Any], cancelled: Callable[[], bool]) -> str:
         tag = kwargs["tag"]
-        for item in _pump(lambda: self.engine.api.build(**kwargs), cancelled, self._stop(tag)):
-            self.take(item)
+        try:
+            for item in _pump(lambda: self.engine.api.build(**kwargs), cancelled, self._stop(tag)):
+                self.take(item)
+        finally:
+            self.engine.take_response(tag)  # only needed while the build runs
         self.emit(self.splitter.finish())
         if self.error is not None:
             raise BuildError(self.image, self.error, list(self.tail))

@@ -13,6 +13,7 @@ import functools
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,14 +21,16 @@ import anyio.abc
 import anyio.to_thread
 
 from devloop.deploying import Deployer, Loaded, load, source_urls
-from devloop.errors import ClusterUnavailable, DevloopError, TemporaryError
+from devloop.errors import DevloopError, RolloutError, TemporaryError
 from devloop.events import Events
-from devloop.lanes import RETRY_SECONDS, Lane, LaneRunner
+from devloop.lanes import Lane, LaneRunner
 from devloop.model import Resolved, Source
 from devloop.resolving import build_source
 from devloop.settings import Settings, settle
 
 SHUTDOWN_GRACE_S = 2.5  # Ctrl-C to exit must stay under 3 s
+CLUSTER_RETRY_S = (0.5, 1.0, 2.0, 3.0, 5.0)  # pings while the cluster is unreachable, seconds
+LOG_DIR = ".devloop/logs"  # each image's build output is also kept here, one file per image
 
 
 class Controller:
@@ -43,6 +46,7 @@ class Controller:
         self._runner: LaneRunner | None = None
         self._engine: Any = None
         self._watched: tuple[Any, ...] | None = None
+        self._unreachable = False  # the cluster failed to answer; only pings until it does
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -154,7 +158,7 @@ class Controller:
             attempt = attempt + 1 if outcome == "retry" else 0
             if outcome == "retry":
                 self.dirty = True
-                delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
+                delay = CLUSTER_RETRY_S[min(attempt, len(CLUSTER_RETRY_S)) - 1]
                 with anyio.move_on_after(delay):
                     await self.kick.wait()
                 self.kick.set()
@@ -167,19 +171,25 @@ class Controller:
         return not any(lane.busy for lane in lanes) and all(lane.result for lane in lanes)
 
     async def _deploy_once(self) -> str:
+        """Deploy the newest state; while the cluster is away, only a cheap ping is retried."""
         assert self.loaded is not None
         built = {url: lane.result for url, lane in self.lanes.items() if lane.result}
         try:
+            if self._unreachable:
+                await self.deployer.ping()
+                self._unreachable = False
+                self.events.emit("cluster.reachable", reason="the cluster answers again")
             await self.deployer.deploy(self.loaded, built)
-        except ClusterUnavailable as error:
-            self.events.emit("apply.failed", reason=str(error), retrying=True)
-            return "retry"
         except TemporaryError as error:
-            self.events.emit("apply.failed", reason=str(error), retrying=True)
+            if not self._unreachable:  # say it once per outage, then retry quietly
+                self.events.emit("apply.failed", reason=str(error), retrying=True)
+            self._unreachable = True
             return "retry"
+        except RolloutError as error:
+            self.events.emit("rollout.failed", reason=str(error))
+            return "failed"
         except DevloopError as error:
-            event = "rollout.failed" if type(error).__name__ == "RolloutError" else "apply.failed"
-            self.events.emit(event, reason=str(error))
+            self.events.emit("apply.failed", reason=str(error))
             return "failed"
         return "done"
 
@@ -254,13 +264,16 @@ async def _signals(scope: anyio.CancelScope, events: Events) -> None:
 
 async def run(flags: dict[str, Any]) -> int:
     settings = settle(flags)
-    events = Events(settings.log_format)
+    events = Events(settings.log_format, tee_dir=Path(LOG_DIR))
     controller = Controller(settings, flags, events)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_signals, tg.cancel_scope, events)
-        await controller.run()
-    if controller.settings.cleanup:
-        await _cleanup(controller)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_signals, tg.cancel_scope, events)
+            await controller.run()
+        if controller.settings.cleanup:
+            await _cleanup(controller)
+    finally:
+        events.close()
     return 0
 
 

@@ -19,7 +19,7 @@ import anyio.to_thread
 import yaml
 
 from devloop.documents import read_inputs
-from devloop.errors import ClusterUnavailable, DevloopError, ManifestError
+from devloop.errors import DevloopError, ManifestError
 from devloop.events import Events, Stopwatch
 from devloop.model import Resolved, Source
 from devloop.pipeline import Found, find, rewrite
@@ -145,6 +145,10 @@ class Deployer:
             "rollout.finished", seconds=watch.seconds, workloads=[w.name for w in workloads]
         )
 
+    async def ping(self) -> None:
+        cluster = await self.cluster()
+        await anyio.to_thread.run_sync(cluster.ping)
+
     async def cluster(self) -> Any:
         if self._cluster is None:
             from devloop import applying
@@ -167,4 +171,3 @@ def _objects(found: Found, resolved: Mapping[str, Resolved]) -> list[Any]:
     return [ManifestObject(data, where) for data, where in zip(rendered, wheres, strict=True)]
 
 
-__all__ = ["ClusterUnavailable", "Deployer", "Loaded", "load", "source_urls"]

@@ -8,29 +8,39 @@ seconds=2.1 ref=...`); `--log-format json` writes one JSON object per line to st
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-_COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
-_RESET = "\033[0m"
+from devloop.logs import LineWriter
+
 _LEVEL_OF = {"failed": "error", "cancelled": "warning", "unavailable": "warning"}
 
 
 class Events:
     """Thread-safe emitter of events and of prefixed output lines, in one format."""
 
-    def __init__(self, fmt: str = "console", stream: TextIO | None = None) -> None:
+    def __init__(
+        self, fmt: str = "console", stream: TextIO | None = None, tee_dir: Path | None = None
+    ) -> None:
         self.fmt = fmt
         self.stream = stream or (sys.stdout if fmt == "json" else sys.stderr)
         self.color = fmt == "console" and self.stream.isatty()
         self._lock = threading.Lock()
-        self._colors: dict[str, str] = {}
+        # Console output lines go through a LineWriter (colors, whole lines); in JSON mode it
+        # only keeps the per-prefix log files under `tee_dir`.
+        self._lines = LineWriter(
+            self.stream if fmt == "console" else open(os.devnull, "w"),
+            color=self.color,
+            tee_dir=tee_dir,
+        )
         renderer: Any = (
             structlog.processors.JSONRenderer(serializer=_dumps)
             if fmt == "json"
@@ -56,15 +66,11 @@ class Events:
             if self.fmt == "json":
                 record = {"event": "output", "timestamp": _now(), "source": prefix, "line": text}
                 self.stream.write(_dumps(record) + "\n")
-            else:
-                self.stream.write(f"{self._paint(prefix)} | {text}\n")
-            self.stream.flush()
+                self.stream.flush()
+            self._lines.line(prefix, text)
 
-    def _paint(self, prefix: str) -> str:
-        if not self.color:
-            return prefix
-        color = self._colors.setdefault(prefix, _COLORS[len(self._colors) % len(_COLORS)])
-        return f"{color}{prefix}{_RESET}"
+    def close(self) -> None:
+        self._lines.close()
 
 
 class Stopwatch:

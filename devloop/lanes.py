@@ -32,6 +32,7 @@ class Lane:
     result: Resolved | None = None  # the newest successful build
     built_inputs: str | None = None  # the input digest of `result`
     failed: bool = False  # the newest build failed; the next change retries
+    last_error: str = ""  # the newest failure's message, to report a lasting outage once
     _pending: list[str] = field(default_factory=list)  # why the next build runs
     _wakeup: anyio.Event = field(default_factory=anyio.Event)
     _scope: anyio.CancelScope | None = None
@@ -158,14 +159,16 @@ class LaneRunner:
             lane._pending.clear()
 
     async def _failed(self, lane: Lane, error: DevloopError, watch: Stopwatch) -> str:
-        lane.failed = True
-        self.events.emit(
-            "build.failed",
-            image=lane.image,
-            seconds=watch.seconds,
-            reason=str(error),
-            retrying=error.retryable or None,
-        )
+        repeated = lane.failed and error.retryable and lane.last_error == str(error)
+        lane.failed, lane.last_error = True, str(error)
+        if not repeated:  # an engine that stays away is reported once, then retried quietly
+            self.events.emit(
+                "build.failed",
+                image=lane.image,
+                seconds=watch.seconds,
+                reason=str(error),
+                retrying=error.retryable or None,
+            )
         await self.on_done(lane)
         return "retry" if isinstance(error, TemporaryError) else "failed"
 

@@ -123,7 +123,7 @@ _EPHEMERAL = re.compile(
     )$""",
     re.VERBOSE,
 )
-_IGNORED_DIRS = frozenset({".git", ".idea"})
+_IGNORED_DIRS = frozenset({".git", ".idea", ".devloop"})  # .devloop: our own logs
 
 
 def is_ignored_path(path: str) -> bool:

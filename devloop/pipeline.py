@@ -20,9 +20,9 @@ from devloop.documents import Document, read_inputs
 from devloop.errors import DevloopError
 from devloop.logs import LineWriter
 from devloop.model import Config, Resolved
+from devloop.rendering import render, render_stream
 from devloop.resolving import ResolveOptions, Resolver
 from devloop.searching import ImageSite, find_sites
-from devloop.rendering import render, render_stream
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -477,6 +477,7 @@ class DockerTarget:
         self._limiter = anyio.CapacityLimiter(timing.engine_threads)
         self._log_limiter = anyio.CapacityLimiter(LOG_STREAMS_MAX)
         self._followed: dict[str, threading.Event] = {}
+        self._specs: dict[str, ContainerSpec] = {}  # by container id: what it was started from
 
     async def deploy(
         self, objects: Sequence[Mapping[str, Any]], app: str, wheres: Sequence[str] = ()
@@ -485,13 +486,16 @@ class DockerTarget:
         plan = await self._pinned(plan_containers(objects, app, wheres))
         await self._engine(containers.ensure_network, app)
         current = await self._engine(containers.list_app, app)
-        planned = {(spec.workload_ref, spec.container) for spec in plan}
+        planned = {_slot(spec) for spec in plan}
         await self._remove([info for info in current if info.key not in planned])
-        failures: list[DevloopError] = []
-        async with anyio.create_task_group() as group:
-            for spec in plan:
-                slot = [i for i in current if i.key == (spec.workload_ref, spec.container)]
-                group.start_soon(self._converge, spec, slot, failures)
+        failures = await _concurrently(
+            partial(self._converge, spec, [i for i in current if i.key == _slot(spec)])
+            for spec in plan
+        )
+        # The engine being away is worth a retry; anything else waits for the next change.
+        for failure in failures:
+            if failure.retryable:
+                raise failure
         if failures:
             raise RolloutError("\n".join(str(failure) for failure in failures))
 
@@ -516,20 +520,16 @@ class DockerTarget:
         }
         return [replace(spec, image_id=ids[spec.image]) for spec in plan]
 
-    async def _converge(
-        self, spec: ContainerSpec, slot: list[containers.Info], failures: list[DevloopError]
-    ) -> None:
+    async def _converge(self, spec: ContainerSpec, slot: list[containers.Info]) -> None:
         same = [info for info in slot if info.spec_hash == spec.spec_hash]
         keep = next((info for info in same if info.status.running), None)
         if keep is not None:  # unchanged, or adopted from a killed run
+            self._specs[keep.id] = spec
             self._follow(keep.id, spec.prefix, since=time.time())
             await self._remove([info for info in slot if info is not keep])
             return
         await self._remove(same)  # a stopped twin would hold the container name
-        try:
-            await self._replace(spec, [info for info in slot if info not in same])
-        except DevloopError as failure:
-            failures.append(failure)
+        await self._replace(spec, [info for info in slot if info not in same])
 
     async def _replace(self, spec: ContainerSpec, old: list[containers.Info]) -> None:
         ports = {port.host for port in spec.ports}
@@ -539,9 +539,10 @@ class DockerTarget:
         try:
             await self._start_checked(spec)
         except _NotReady as problem:
-            await self._restore(holders)
-            kept = any(info.status.running for info in old)
-            raise RolloutError(_failure_text(spec, problem, kept)) from None
+            after = await self._restore(holders)
+            if not after and not any(info.status.running for info in old):
+                after = "nothing was running before; nothing runs now"
+            raise RolloutError(_failure_text(spec, problem, after)) from None
         except BaseException:  # cancelled by a newer deploy, or the engine failed
             with anyio.move_on_after(ROLLBACK_S, shield=True):
                 await self._restore(holders)
@@ -552,8 +553,11 @@ class DockerTarget:
         try:
             new_id = await self._engine(containers.run, spec)
         except DevloopError as error:
+            if error.retryable:
+                raise
             raise _NotReady(f"could not start: {error}") from error
         self._follow(new_id, spec.prefix)
+        self._specs[new_id] = spec
         try:
             await self._check(spec, new_id)
         except _NotReady as problem:
@@ -587,18 +591,31 @@ class DockerTarget:
         url = spec.probe.url if spec.probe else ""
         raise _NotReady(f"did not pass its readiness probe {url} in {timing.ready_timeout_s} s")
 
-    async def _restore(self, holders: Sequence[containers.Info]) -> None:
+    async def _restore(self, holders: Sequence[containers.Info]) -> str:
+        """Start the stopped previous containers again and wait until they are back (checked
+        with their own spec when this target started or adopted them); says how it went."""
         for info in holders:
             since = time.time()
             await self._engine(containers.start, info.id)
             self._follow(info.id, _prefix(info), since=since, again=True)
+            previous = self._specs.get(info.id)
+            if previous is None:
+                continue
+            try:
+                await self._check(previous, info.id)
+            except _NotReady as problem:
+                return f"the previous container was started again but {problem.reason}"
+        return ""
 
     async def _remove(self, infos: Sequence[containers.Info]) -> None:
-        async with anyio.create_task_group() as group:
-            for info in infos:
-                group.start_soon(
-                    self._engine, containers.stop_and_remove, info.id, self._timing.stop_timeout_s
-                )
+        timeout = self._timing.stop_timeout_s
+        for info in infos:
+            self._specs.pop(info.id, None)
+        failures = await _concurrently(
+            partial(self._engine, containers.stop_and_remove, info.id, timeout) for info in infos
+        )
+        if failures:
+            raise failures[0]
 
     def _follow(
         self, container_id: str, prefix: str, since: float | None = None, again: bool = False
@@ -634,6 +651,26 @@ class DockerTarget:
                 del self._followed[container_id]
 
 
+async def _concurrently(jobs: Iterable[Callable[[], Awaitable[object]]]) -> list[DevloopError]:
+    """Run the jobs at once; their DevloopErrors are returned, not wrapped in a group."""
+    failures: list[DevloopError] = []
+
+    async def one(job: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await job()
+        except DevloopError as failure:
+            failures.append(failure)
+
+    async with anyio.create_task_group() as group:
+        for job in jobs:
+            group.start_soon(one, job)
+    return failures
+
+
+def _slot(spec: ContainerSpec) -> tuple[str, str]:
+    return (spec.workload_ref, spec.container)
+
+
 async def _set_when_cancelled(stop: threading.Event) -> None:
     try:
         await anyio.sleep_forever()
@@ -654,12 +691,8 @@ def _trouble(spec: ContainerSpec, status: containers.Status) -> str | None:
     return f"exited with code {status.exit_code}"
 
 
-def _failure_text(spec: ContainerSpec, problem: _NotReady, kept: bool) -> str:
-    after = (
-        "the previous container keeps running"
-        if kept
-        else "nothing was running before; nothing runs now"
-    )
+def _failure_text(spec: ContainerSpec, problem: _NotReady, after: str) -> str:
+    after = after or "the previous container keeps running"
     text = f"{spec.workload_ref} container {spec.container}: the new container {problem.reason}; "
     text += f"{after}. Fix it and save to try again."
     if problem.tail:

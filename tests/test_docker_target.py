@@ -6,7 +6,7 @@ import base64
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -570,3 +570,31 @@ async def test_a_workload_gone_from_the_manifests_is_removed_and_the_rest_left_a
     }
     await serving.deploy()
     assert [info.id for info in await running(serving.app)] == [web_before.id]
+
+
+TCP_CASES = {
+    "listening": (["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"], True),
+    # docker-proxy accepts on the host port even here; the probe must see through that.
+    "not listening": (["/bin/busybox", "sleep", "1000"], False),
+}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("command, ready", TCP_CASES.values(), ids=TCP_CASES.keys())
+async def test_a_tcp_readiness_probe_passes_only_when_the_process_listens(
+    app: str, image: str, command: list[str], ready: bool
+) -> None:
+    probe = {"tcpSocket": {"port": 8080}}
+    pod = deployment(
+        "tcp", container("tcp", image, command=command, ports=[HTTP], readinessProbe=probe)
+    )
+    async with docker_target(Output(), replace(FAST, ready_timeout_s=1.5)) as deployer:
+        try:
+            await deployer.deploy(
+                [pod, service("tcp", {"port": free_port(), "targetPort": 8080})], app
+            )
+            assert ready
+        except RolloutError as error:
+            assert not ready and "did not pass its readiness probe" in str(error)
+        finally:
+            await deployer.cleanup(app)

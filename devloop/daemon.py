@@ -29,6 +29,10 @@ from devloop.resolving import build_source
 from devloop.settings import Settings, settle
 
 SHUTDOWN_GRACE_S = 2.5  # Ctrl-C to exit must stay under 3 s
+NO_CLUSTER = (
+    "no Kubernetes context is configured, so the app runs on the local Docker engine; "
+    "pass --kubeconfig or --context (or set KUBECONFIG) to deploy to a cluster instead"
+)
 CLUSTER_RETRY_S = (0.5, 1.0, 2.0, 3.0, 5.0)  # pings while the cluster is unreachable, seconds
 LOG_DIR = ".devloop/logs"  # each image's build output is also kept here, one file per image
 
@@ -49,12 +53,35 @@ class Controller:
         self._unreachable = False  # the cluster failed to answer; only pings until it does
 
     async def run(self) -> None:
+        if self.settings.resolved_target() == "docker":
+            await self._run_on_docker()
+        else:
+            await self._run_tasks()
+
+    async def _run_tasks(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             self._runner = self._make_runner()
             await self.reload("start")
             tg.start_soon(self.deployer_task)
             tg.start_soon(self.watcher_task)
+
+    async def _run_on_docker(self) -> None:
+        """The local Docker target: containers instead of a cluster, removed on exit."""
+        from devloop.docker_target import docker_target
+
+        if self.settings.target == "auto":
+            self.events.emit("target.selected", target="docker", reason=NO_CLUSTER)
+        app = self.settings.app_name
+        async with docker_target(self.events.line) as target:
+            self.deployer.docker = target
+            try:
+                await target.adopt_or_clean(app)
+                await self._run_tasks()
+            finally:
+                if not self.settings.keep:
+                    with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
+                        await target.cleanup(app)
 
     def _make_runner(self) -> LaneRunner:
         from devloop.inputs import input_digest
@@ -270,7 +297,7 @@ async def run(flags: dict[str, Any]) -> int:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_signals, tg.cancel_scope, events)
             await controller.run()
-        if controller.settings.cleanup:
+        if controller.settings.cleanup and controller.deployer.docker is None:
             await _cleanup(controller)
     finally:
         events.close()
@@ -292,14 +319,20 @@ async def _cleanup(controller: Controller) -> None:
 
 
 def down(flags: dict[str, Any]) -> int:
-    """`devloop down`: delete everything `devloop up` applied for the app."""
-    from devloop import applying
-
+    """`devloop down`: delete everything `devloop up` applied (or started) for the app."""
     settings = settle(flags)
     try:
         settings = settle(flags, load(settings).file_settings)
     except DevloopError:
         pass  # the manifests may be gone or broken; the flags and defaults still name the app
+    if settings.resolved_target() == "docker":
+        from devloop import containers
+
+        containers.remove_app(settings.app_name, timeout=5)
+        print(f"removed the containers and network of app {settings.app_name}")
+        return 0
+    from devloop import applying
+
     cluster = applying.Cluster(settings.kubeconfig, settings.context)
     deleted = applying.delete_app(cluster, settings.app_name, settings.namespace)
     for name in deleted:

@@ -64,17 +64,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help=f"deadline of a rollout (default {Settings.rollout_timeout_s:.0f})",
     )
     add_bool(up, "cleanup", False, "delete what was applied on exit")
-    up.set_defaults(cleanup=None)
+    add_bool(up, "keep", False, "docker target: leave the containers running on exit")
+    up.set_defaults(cleanup=None, keep=None)
     up.add_argument(
         "--log-format",
         choices=["console", "json"],
         help="console lines on stderr, or JSON lines on stdout (default console)",
     )
-    up.add_argument(
-        "--target",
-        choices=["kubernetes", "docker"],
-        help="where to run the app (default kubernetes)",
-    )
+    _add_target(up)
     up.set_defaults(run=_run_up)
 
     down = sub.add_parser(
@@ -85,7 +82,17 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _common(down)
     down.add_argument("--context", help="kubeconfig context")
     down.add_argument("--kubeconfig", help="kubeconfig file")
+    _add_target(down)
     down.set_defaults(run=_run_down)
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        choices=["kubernetes", "docker"],
+        help="where the app runs: a cluster, or containers on the local Docker engine "
+        "(default: kubernetes when a kubeconfig exists, docker otherwise)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +122,7 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
         "max_wait_ms",
         "rollout_timeout_s",
         "cleanup",
+        "keep",
         "log_format",
         "target",
     ]

@@ -96,22 +96,38 @@ class Deployer:
     settings: Settings
     events: Events
     inventory: Any = None  # applying.Inventory of the last successful apply
+    docker: Any = None  # a docker_target.DockerTarget: run containers instead of applying
     _cluster: Any = None
     _resolved_cache: dict[str, Resolved] = field(default_factory=dict)
 
     async def deploy(self, loaded: Loaded, built: Mapping[str, Resolved]) -> None:
         watch = Stopwatch()
-        self.events.emit("apply.started", app=self.settings.app_name)
+        self.events.emit("apply.started", app=self.settings.app_name, target=self.target_name)
         resolver = Resolver(loaded.found.config, self.events)
         prebuilt = {**self._resolved_cache, **built}
         resolved = await resolver.resolve_all(loaded.found.urls, prebuilt=prebuilt)
         self._resolved_cache.update({u: r for u, r in resolved.items() if u not in built})
         objects = _objects(loaded.found, resolved)
-        result = await self._apply(objects)
-        self.events.emit("apply.finished", seconds=watch.seconds, **result.counts())
+        if self.docker is not None:
+            await self._run_containers(objects, watch)
+        else:
+            result = await self._apply(objects)
+            self.events.emit("apply.finished", seconds=watch.seconds, **result.counts())
         for url in sorted(resolved):
             self.events.line("resolve", f"final: {url} -> {resolved[url].url}")
-        await self._wait(result)
+        if self.docker is None:
+            await self._wait(result)
+
+    @property
+    def target_name(self) -> str:
+        return "kubernetes" if self.docker is None else "docker"
+
+    async def _run_containers(self, objects: list[Any], watch: Stopwatch) -> None:
+        assert self.docker is not None
+        datas, wheres = [o.data for o in objects], [o.where for o in objects]
+        await self.docker.deploy(datas, self.settings.app_name, wheres)
+        self.events.emit("apply.finished", seconds=watch.seconds, target="docker")
+        self.events.emit("rollout.finished", seconds=watch.seconds, target="docker")
 
     async def _apply(self, objects: list[Any]) -> Any:
         from devloop import applying
@@ -169,5 +185,3 @@ def _objects(found: Found, resolved: Mapping[str, Resolved]) -> list[Any]:
     if len(rendered) != len(wheres):
         raise DevloopError("internal error: rendered documents do not match the input")
     return [ManifestObject(data, where) for data, where in zip(rendered, wheres, strict=True)]
-
-

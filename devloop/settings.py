@@ -40,12 +40,23 @@ class Settings:
     max_wait_ms: int = 2000  # cap on the wait from the first change of a burst, milliseconds
     rollout_timeout_s: float = 120.0  # deadline for a rollout, seconds
     cleanup: bool = False  # delete the applied resources on exit
+    keep: bool = False  # docker target: leave the containers running on exit
     log_format: str = "console"  # console | json
     target: str = "auto"  # kubernetes | docker | auto
 
     @property
     def app_name(self) -> str:
         return self.app or _dns_label(Path.cwd().name)
+
+    def resolved_target(self, environ: Mapping[str, str] | None = None) -> str:
+        """`auto` becomes kubernetes when a kubeconfig exists, docker otherwise."""
+        if self.target != "auto":
+            return self.target
+        env = os.environ if environ is None else environ
+        if self.kubeconfig or self.context:
+            return "kubernetes"
+        paths = [*env.get("KUBECONFIG", "").split(os.pathsep), str(Path.home() / ".kube/config")]
+        return "kubernetes" if any(p and Path(p).is_file() for p in paths) else "docker"
 
 
 # camelCase document key -> field name, and the type each must have
@@ -61,6 +72,7 @@ _FILE_KEYS: Mapping[str, tuple[str, type | tuple[type, ...]]] = {
     "maxWaitMs": ("max_wait_ms", int),
     "rolloutTimeoutSeconds": ("rollout_timeout_s", (int, float)),
     "cleanup": ("cleanup", bool),
+    "keep": ("keep", bool),
     "logFormat": ("log_format", str),
     "target": ("target", str),
 }

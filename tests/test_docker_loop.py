@@ -1,0 +1,155 @@
+"""`devloop up` on the local Docker target: the loop with no cluster at all.
+
+A subprocess on a small app, the real Docker engine, HTTP requests on 127.0.0.1; no kubeconfig
+exists in the test's HOME, so `devloop up` picks the Docker target by itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devloop.building import Engine
+from tests.daemon_driver import Devloop
+from tests.fixtures.engine import BaseImages, Leftovers
+from tests.fixtures.registry import free_port
+
+pytestmark = pytest.mark.docker
+ROOT = Path(__file__).resolve().parents[1]
+
+DOCKERFILE = (
+    'FROM {busybox}\nCOPY www /www\nCMD ["busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]\n'
+)
+MANIFESTS = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: web
+          image: {image}
+          ports: [{{name: http, containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: {port}, targetPort: http}}]
+---
+apiVersion: kbld.k14s.io/v1alpha1
+kind: Config
+sources: [{{image: {image}, path: app}}]
+"""
+
+
+def get(url: str, timeout: float = 30.0) -> str:
+    """The body of GET url, retried until the deadline (a replaced container may be starting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def app_containers(engine: Engine, app: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = engine.api.containers(
+        all=True, filters={"label": f"devloop.dev/app={app}"}
+    )
+    return found
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    """An environment with no kubeconfig anywhere."""
+    (tmp_path / "home").mkdir()
+    return {"HOME": str(tmp_path / "home"), "KUBECONFIG": ""}
+
+
+@pytest.fixture
+def running(
+    tmp_path: Path, leftovers: Leftovers, base_images: BaseImages, home: dict[str, str]
+) -> Iterator[tuple[Devloop, Path, int]]:
+    project, port = tmp_path / "project", free_port()
+    (project / "app" / "www").mkdir(parents=True)
+    (project / "config").mkdir()
+    (project / "app" / "Dockerfile").write_text(DOCKERFILE.format(busybox=base_images.busybox))
+    (project / "app" / "www" / "index.html").write_text("v1\n")
+    (project / "config" / "app.yml").write_text(MANIFESTS.format(image=leftovers.image, port=port))
+    devloop = Devloop(project, ["--app", leftovers.token, "--debounce-ms", "50"], env=home)
+    yield devloop, project, port
+    devloop.stop()
+
+
+def test_without_a_cluster_the_app_runs_on_docker_and_an_edit_changes_the_answer(
+    running: tuple[Devloop, Path, int], engine: Engine, leftovers: Leftovers
+) -> None:
+    devloop, project, port = running
+    selected = devloop.wait("target.selected")
+    assert selected["target"] == "docker" and "--kubeconfig" in selected["reason"]
+    devloop.wait("rollout.finished")
+    assert get(f"http://127.0.0.1:{port}/index.html") == "v1\n"
+
+    mark = devloop.mark()
+    (project / "app" / "www" / "index.html").write_text("v2\n")
+    devloop.wait("build.finished", after=mark)
+    devloop.wait("rollout.finished", after=mark)
+    assert get(f"http://127.0.0.1:{port}/index.html") == "v2\n"
+    assert len([c for c in app_containers(engine, leftovers.token) if c["State"] == "running"]) == 1
+
+    assert devloop.interrupt() < 3
+    assert app_containers(engine, leftovers.token) == []
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_up_on_the_next_start(
+    running: tuple[Devloop, Path, int], engine: Engine, leftovers: Leftovers, home: dict[str, str]
+) -> None:
+    devloop, project, port = running
+    devloop.wait("rollout.finished")
+    devloop.stop()  # SIGKILL: no cleanup ran
+    assert app_containers(engine, leftovers.token) != []
+    (project / "app" / "www" / "index.html").write_text("after the crash\n")
+    again = Devloop(project, ["--app", leftovers.token, "--debounce-ms", "50"], env=home)
+    try:
+        again.wait("rollout.finished")
+        assert get(f"http://127.0.0.1:{port}/index.html") == "after the crash\n"
+        assert len(app_containers(engine, leftovers.token)) == 1
+        again.interrupt()
+        assert app_containers(engine, leftovers.token) == []
+    finally:
+        again.stop()
+
+
+def test_the_readme_quickstart_serves_the_sample_app_and_an_edit_changes_it(
+    tmp_path: Path, base_images: BaseImages, engine: Engine, home: dict[str, str]
+) -> None:
+    project = tmp_path / "repo"
+    for part in ("config", "sample-app-go"):
+        shutil.copytree(ROOT / part, project / part)
+    devloop = Devloop(project, ["--app", "quickstart", "--debounce-ms", "50"], env=home)
+    try:
+        devloop.wait("rollout.finished", timeout=240)
+        assert get("http://127.0.0.1:8080/") == "Hello devloop user!\n"
+        main = project / "sample-app-go" / "main.go"
+        main.write_text(main.read_text().replace('"Hello %s!\\n"', '"Howdy %s!\\n"'))
+        mark = devloop.mark()
+        devloop.wait("rollout.finished", after=mark, timeout=240)
+        assert get("http://127.0.0.1:8080/") == "Howdy devloop user!\n"
+        devloop.interrupt()
+        assert app_containers(engine, "quickstart") == []
+    finally:
+        devloop.stop()

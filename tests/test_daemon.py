@@ -346,7 +346,7 @@ def _configuration(kubeconfig: Path) -> client.Configuration:
 def _stop_component(state: Path, name: str) -> dict[str, Any]:
     pidfile = state / "run" / f"{name}.json"
     record: dict[str, Any] = json.loads(pidfile.read_text())
-    os.killpg(record["pid"], signal.SIGTERM)
+    os.killpg(record["pid"], signal.SIGKILL)  # a crash, not a clean shutdown
     deadline = time.monotonic() + 30
     while Path(f"/proc/{record['pid']}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)

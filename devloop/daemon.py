@@ -244,6 +244,7 @@ class Controller:
                     send,
                     quiet=self.settings.debounce_ms / 1000,
                     max_wait=self.settings.max_wait_ms / 1000,
+                    leading=True,
                 )
             )
             self.events.emit("watch.started", images=len(watchset.contexts))

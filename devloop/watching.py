@@ -78,13 +78,24 @@ class Changes:
 class Debouncer:
     """Collects changes until a quiet period passes or the cap since the first one is hit.
 
+    With `leading`, the first change after a quiet period is due at once (a single save starts
+    its build within the watcher's own ~20 ms), and the rest of a burst is collected as usual
+    into one trailing batch: a burst costs at most two builds, the first of which the trailing
+    batch cancels when its inputs differ.
     Pure: the caller passes the time, so tests drive it with made-up clocks.
     """
 
-    def __init__(self, quiet: float = DEFAULT_QUIET_S, max_wait: float = DEFAULT_MAX_WAIT_S):
-        self.quiet, self.max_wait = quiet, max_wait
+    def __init__(
+        self,
+        quiet: float = DEFAULT_QUIET_S,
+        max_wait: float = DEFAULT_MAX_WAIT_S,
+        leading: bool = False,
+    ):
+        self.quiet, self.max_wait, self.leading = quiet, max_wait, leading
         self._pending: Changes | None = None
         self._first = self._last = 0.0
+        self._previous: float | None = None  # the time of the newest change, taken or not
+        self._now = False  # the pending batch is a leading edge: due at once
 
     def add(self, changes: Changes, now: float) -> None:
         if not changes:
@@ -92,13 +103,16 @@ class Debouncer:
                 self._pending.merge(changes)  # ignored paths ride along for the record
             return
         if self._pending is None:
-            self._pending, self._first = Changes(), now
+            idle = self._previous is None or now - self._previous >= self.quiet
+            self._pending, self._first, self._now = Changes(), now, self.leading and idle
         self._pending.merge(changes)
-        self._last = now
+        self._last = self._previous = now
 
     def deadline(self) -> float | None:
         if self._pending is None:
             return None
+        if self._now:
+            return self._first
         return min(self._last + self.quiet, self._first + self.max_wait)
 
     def due(self, now: float) -> bool:
@@ -496,6 +510,7 @@ async def watcher(
     *,
     quiet: float = DEFAULT_QUIET_S,
     max_wait: float = DEFAULT_MAX_WAIT_S,
+    leading: bool = False,
     clock: Clock = anyio.current_time,
     awatch: AWatch | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -511,7 +526,7 @@ async def watcher(
         awatch = real_awatch
     options = _Options(awatch, rust_debounce_ms=max(STEP_MS, round(quiet * 1000)))
     raw_send, raw_receive = anyio.create_memory_object_stream[RawBatch | None](0)
-    debouncer = Debouncer(quiet, max_wait)
+    debouncer = Debouncer(quiet, max_wait, leading)
     async with send, raw_send, raw_receive, anyio.create_task_group() as tg:
         state = _Watch(watchset, options, raw_send)
         await state.start(tg)

@@ -93,7 +93,7 @@ class Devloop:
     def transcript(self, last: int = 60) -> str:
         with self._cond:
             lines = [json.dumps(e) for e in self.events[-last:]]
-            return "\n".join(lines + ["--- stderr ---", *self.stderr[-20:]])
+            return "\n".join([*lines, "--- stderr ---", *self.stderr[-20:]])
 
     def interrupt(self, timeout: float = 10.0) -> float:
         """Send SIGINT like Ctrl-C; return the seconds until the process exited."""

@@ -336,3 +336,23 @@ async def test_un_ignoring_a_directory_starts_watching_it(project: WatchSet) -> 
         write(project.base / "api/node_modules/dep/index.js", "changed\n")
         seen = await batches.through_barrier()
     assert seen.images == {"api": {"node_modules/dep/index.js"}}
+
+
+def test_with_a_leading_edge_a_lone_save_is_due_at_once_and_a_burst_gives_two_batches() -> None:
+    debouncer = Debouncer(quiet=0.1, max_wait=2.0, leading=True)
+    debouncer.add(_image_change("a.go"), now=10.0)
+    assert debouncer.due(10.0), "the first change after a quiet period goes at once"
+    first = debouncer.take()
+    for step in range(1, 20):  # the rest of the burst, 40 ms apart
+        debouncer.add(_image_change(f"b{step}.go"), now=10.0 + step * 0.04)
+        assert not debouncer.due(10.0 + step * 0.04)
+    assert debouncer.due(10.0 + 19 * 0.04 + 0.1)
+    second = debouncer.take()
+    assert first.images == {"app": {"a.go"}}
+    assert len(second.images["app"]) == 19
+    debouncer.add(_image_change("c.go"), now=20.0)
+    assert debouncer.due(20.0), "after a quiet period the next save goes at once again"
+
+
+def _image_change(path: str) -> Changes:
+    return Changes(images={"app": {path}})

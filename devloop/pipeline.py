@@ -17,9 +17,10 @@ import anyio
 
 from devloop.config import load_config
 from devloop.documents import Document, read_inputs
-from devloop.errors import DevloopError
+from devloop.errors import DevloopError, ImageReferenceError
 from devloop.logs import LineWriter
 from devloop.model import Config, Resolved
+from devloop.references import is_digest, parse_reference
 from devloop.rendering import render, render_stream
 from devloop.resolving import ResolveOptions, Resolver
 from devloop.searching import ImageSite, find_sites
@@ -42,7 +43,23 @@ class Found:
 def find(documents: Sequence[Document]) -> Found:
     config, rest, warnings = load_config(documents)
     rules = config.rules()
-    return Found(config, rest, [find_sites(doc, rules) for doc in rest], warnings)
+    sites = [find_sites(doc, rules) for doc in rest]
+    for doc, doc_sites in zip(rest, sites, strict=True):
+        _check_digests(doc, doc_sites)
+    return Found(config, rest, sites, warnings)
+
+
+def _check_digests(doc: Document, sites: Sequence[ImageSite]) -> None:
+    """A malformed digest reference is reported where it is written, before any work starts."""
+    for site in sites:
+        if not is_digest(site.value):
+            continue
+        try:
+            parse_reference(site.value)
+        except ImageReferenceError as error:
+            key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in site.path)
+            where = f"{doc.where}: {key.lstrip('.')}"
+            raise ImageReferenceError(where, error.problem, error.hint) from error
 
 
 def rewrite(found: Found, resolved: Mapping[str, Resolved], annotate: bool) -> str:

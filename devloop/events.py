@@ -48,7 +48,7 @@ class Events:
         )
         self._log = structlog.wrap_logger(
             structlog.PrintLogger(self.stream),
-            processors=[_add_timestamp, renderer],
+            processors=[_add_timestamp if fmt == "json" else _add_clock_time, renderer],
             wrapper_class=structlog.BoundLogger,
             cache_logger_on_first_use=False,
         )
@@ -88,6 +88,14 @@ def _add_timestamp(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     event_dict["timestamp"] = _now()
+    return event_dict
+
+
+def _add_clock_time(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Console lines carry the local wall-clock time only: short, and what a person reads."""
+    event_dict["timestamp"] = datetime.now().strftime("%H:%M:%S")
     return event_dict
 
 

@@ -21,7 +21,7 @@ import anyio.abc
 import anyio.to_thread
 
 from devloop.deploying import Deployer, Loaded, load, source_urls
-from devloop.errors import DevloopError, RolloutError, TemporaryError
+from devloop.errors import ClusterUnavailable, DevloopError, RolloutError, TemporaryError
 from devloop.events import Events
 from devloop.lanes import Lane, LaneRunner
 from devloop.model import Resolved, Source
@@ -51,6 +51,7 @@ class Controller:
         self._engine: Any = None
         self._watched: tuple[Any, ...] | None = None
         self._unreachable = False  # the cluster failed to answer; only pings until it does
+        self._outage = ""  # the message of the temporary failure being retried, said once
 
     async def run(self) -> None:
         if self.settings.resolved_target() == "docker":
@@ -207,10 +208,12 @@ class Controller:
                 self._unreachable = False
                 self.events.emit("cluster.reachable", reason="the cluster answers again")
             await self.deployer.deploy(self.loaded, built)
+            self._outage = ""
         except TemporaryError as error:
-            if not self._unreachable:  # say it once per outage, then retry quietly
+            if str(error) != self._outage:  # say it once per outage, then retry quietly
                 self.events.emit("apply.failed", reason=str(error), retrying=True)
-            self._unreachable = True
+            self._outage = str(error)
+            self._unreachable = isinstance(error, ClusterUnavailable)
             return "retry"
         except RolloutError as error:
             self.events.emit("rollout.failed", reason=str(error))

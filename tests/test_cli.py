@@ -1,0 +1,349 @@
+"""`devloop resolve`, `inspect` and `version` as a user runs them: a subprocess, real services.
+
+Each test runs `python -m devloop.cli` in a temporary directory and judges only what a user sees:
+the exit code, stdout and stderr. The sample app is built once per module (its first cold build
+is the slow part); everything else builds tiny FROM-scratch or busybox contexts under names
+unique to the test, so nothing is left behind in the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import devloop
+from devloop.building import Engine, clean_str, trim_str
+from tests.fixtures.engine import (
+    ROOT,
+    BaseImages,
+    Leftovers,
+    remove_test_images,
+    wait_until_clean,
+)
+from tests.fixtures.registry import (
+    RunningRegistry,
+)
+from tests.test_building import registry_digest
+
+MakeContext = Callable[..., Path]
+RUN_TIMEOUT_S = 240.0  # one CLI run; the sample app's cold build takes about 20 s
+SAMPLE_IMAGE = "ghcr.io/devloop-dev/sample-app-go"  # what the repository's config/ builds
+ANNOTATION = "kbld.k14s.io/images"
+SECRET = "s3cret-in-remote"  # a password in the git remote URL; must never be printed
+DIGEST = r"sha256:[0-9a-f]{64}"
+
+
+# -- running the CLI ------------------------------------------------------------------------------
+def devloop_cli(
+    cwd: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI of this checkout (PYTHONPATH: an installed copy elsewhere must not answer)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "devloop.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        env=env,
+    )
+
+
+def ok(run: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    return run
+
+
+def error_of(run: subprocess.CompletedProcess[str]) -> str:
+    """The one error message of a failed run (exit 1, no traceback), from `devloop: Error:` on."""
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr
+    assert run.stderr.count("devloop: Error:") == 1, run.stderr
+    return run.stderr[run.stderr.index("devloop: Error:") :]
+
+
+def one_line_error(run: subprocess.CompletedProcess[str]) -> str:
+    """The error of a run that failed before any work: stderr is that one line and nothing else."""
+    message = error_of(run)
+    assert run.stderr == message and message.count("\n") == 1, run.stderr
+    assert run.stdout == ""
+    return message
+
+
+def documents(stream: str) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(stream) if doc is not None]
+
+
+def annotation(doc: Any) -> Any:
+    """The parsed `kbld.k14s.io/images` annotation of `doc`, or None."""
+    text = doc.get("metadata", {}).get("annotations", {}).get(ANNOTATION)
+    return None if text is None else yaml.safe_load(text)
+
+
+def images_of(doc: Any) -> list[str]:
+    spec = doc["spec"]
+    pod = spec["template"]["spec"] if "template" in spec else spec
+    return [str(c["image"]) for c in pod["containers"]]
+
+
+def final_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("resolve | final: ")]
+
+
+# -- the registry, seen through its HTTP API ------------------------------------------------------
+def registry_tags(registry: RunningRegistry, repository: str) -> list[str]:
+    with urllib.request.urlopen(f"{registry.url}/v2/{repository}/tags/list", timeout=10) as r:
+        return list(json.load(r)["tags"])
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def pod(name: str, *images: str) -> str:
+    containers = "".join(f"  - name: c{i}\n    image: {image}\n" for i, image in enumerate(images))
+    return (
+        f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n{containers}"
+    )
+
+
+def kbld_config(body: str) -> str:
+    return f"apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\n{body}"
+
+
+def source(image: str, path: Path) -> str:
+    return kbld_config(f"sources:\n- image: {image}\n  path: {path}\n")
+
+
+def git(cwd: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=devloop-test", "-c", "user.email=test@devloop.invalid"]
+    done = subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+# -- the sample app, built once -------------------------------------------------------------------
+@dataclass(frozen=True)
+class App:
+    root: Path  # a temporary copy of config/, config-push/ and sample-app-go/: a git repo
+    image: str  # the name its config builds, unique to this module (so its tags get removed)
+    sha: str  # the copy's commit
+    remote: str  # the copy's origin, credentials included
+
+
+@pytest.fixture(scope="module")
+def app(
+    engine: Engine, base_images: BaseImages, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[App]:
+    token = secrets.token_hex(5)
+    tracked = Leftovers(token, f"devloop.test/{token}-sample-app")
+    root = tmp_path_factory.mktemp("app")
+    for name in ("config", "config-push", "sample-app-go"):
+        shutil.copytree(ROOT / name, root / name)
+    for path in [*root.glob("config*/*.yml")]:
+        path.write_text(path.read_text().replace(SAMPLE_IMAGE, tracked.image))
+    remote = f"https://devloop:{SECRET}@git.devloop.invalid/team/app.git"
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "sample app")
+    git(root, "remote", "add", "origin", remote)
+    yield App(root, tracked.image, git(root, "rev-parse", "HEAD"), remote)
+    left = wait_until_clean(engine, tracked)
+    remove_test_images(engine, token)
+    assert left == [], f"the sample app's builds left these behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def app_run(app: App) -> subprocess.CompletedProcess[str]:
+    """`devloop resolve -f config/` in the app's copy, run once for the tests that read it."""
+    return ok(devloop_cli(app.root, "resolve", "-f", "config/"))
+
+
+def built_tag(image: str) -> str:
+    return rf"kbld:{re.escape(trim_str(clean_str(image)))}-sha256-[0-9a-f]{{64}}"
+
+
+def without_annotations(text: str) -> str:
+    """`text` less the `annotations:` block devloop inserts under `metadata:`."""
+    return re.sub(r"(?m)^  annotations:\n(?:    .*\n)+", "", text)
+
+
+# -- 1. resolve builds the sample app and keeps the manifests as written -------------------------
+@pytest.mark.docker
+def test_resolve_prints_the_manifests_with_the_built_image_and_nothing_else_changed(
+    app: App, app_run: subprocess.CompletedProcess[str], engine: Engine
+) -> None:
+    built = re.search(built_tag(app.image), app_run.stdout)
+    assert built, app_run.stdout
+    deployment = (app.root / "config/deployment.yml").read_text()
+    service = (app.root / "config/service.yml").read_text()
+    expected = f"---\n{deployment.replace(app.image, built[0])}---\n{service}"
+    assert without_annotations(app_run.stdout) == expected  # comments, key order, spacing kept
+    image_id = built[0].rpartition("-sha256-")[2]
+    assert engine.api.inspect_image(built[0])["Id"] == f"sha256:{image_id}"
+
+
+@pytest.mark.docker
+def test_the_built_image_is_annotated_with_its_local_and_redacted_git_origins(
+    app: App, app_run: subprocess.CompletedProcess[str]
+) -> None:
+    deployment, service = documents(app_run.stdout)
+    redacted = app.remote.replace(f"devloop:{SECRET}", "_redacted_")
+    assert annotation(deployment) == [
+        {
+            "origins": [
+                {"local": {"path": str(app.root / "sample-app-go")}},
+                {"git": {"dirty": False, "remoteURL": redacted, "sha": app.sha}},
+            ],
+            "url": images_of(deployment)[0],
+        }
+    ]
+    assert annotation(service) is None
+    assert SECRET not in app_run.stdout + app_run.stderr
+
+
+@pytest.mark.docker
+def test_stderr_shows_prefixed_build_output_and_ends_with_the_one_final_line(
+    app: App, app_run: subprocess.CompletedProcess[str]
+) -> None:
+    lines = app_run.stderr.splitlines()
+    built = images_of(documents(app_run.stdout)[0])[0]
+    assert final_lines(app_run.stderr) == [f"resolve | final: {app.image} -> {built}"]
+    assert lines[-1] == final_lines(app_run.stderr)[0]
+    assert all(line.startswith(f"{app.image} | ") for line in lines[:-1])
+    assert f"{app.image} | finished build (using Docker)" in lines
+
+
+# -- 5. help, version, inspect --------------------------------------------------------------------
+def test_resolve_help_names_every_kbld_flag(tmp_path: Path) -> None:
+    text = ok(devloop_cli(tmp_path, "resolve", "--help")).stdout
+    flags = ["-f", "--file", "--build", "--build-concurrency", "--images-annotation"]
+    flags += ["--lock-output", "--imgpkg-lock-output", "--unresolved-inspect"]
+    flags += ["--registry-insecure", "--registry-verify-certs", "--registry-ca-cert-path"]
+    mentioned = set(re.findall(r"(?<![\w-])(-f|--[a-z-]+)\b", text))
+    assert [flag for flag in flags if flag not in mentioned] == []
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    run = ok(devloop_cli(tmp_path, "version"))
+    assert run.stdout == f"devloop version {devloop.__version__}\n"
+    assert ok(devloop_cli(tmp_path, "--version")).stdout == run.stdout
+
+
+@pytest.mark.docker
+def test_inspect_lists_the_resolved_image_its_origins_and_its_deployment(
+    app: App, app_run: subprocess.CompletedProcess[str], tmp_path: Path
+) -> None:
+    out = write(tmp_path / "out.yml", app_run.stdout)
+    built = images_of(documents(app_run.stdout)[0])[0]
+    run = ok(devloop_cli(tmp_path, "inspect", "-f", str(out)))
+    blocks = run.stdout.split("\n\n")
+    assert [b for b in blocks if b.startswith("Image ")] == [
+        f"Image     {built}\n"
+        f"Metadata  - local:\n"
+        f"              path: {app.root / 'sample-app-go'}\n"
+        f"          - git:\n"
+        f"              dirty: false\n"
+        f"              remoteURL: https://_redacted_@git.devloop.invalid/team/app.git\n"
+        f"              sha: {app.sha}\n"
+        f"Resource  deployment/sample-app (apps/v1) cluster"
+    ]
+    assert run.stdout.endswith("1 images\n")
+
+
+# -- 2. build and push through a destination ------------------------------------------------------
+def destinations(app: App, target: str, extra_tags: list[str], directory: Path) -> Path:
+    """The copy's config-push/destinations.yml pushing to `target`, written under `directory`."""
+    text = (app.root / "config-push/destinations.yml").read_text()
+    text = re.sub(r"newImage: 127\.0\.0\.1:5000/\S+", f"newImage: {target}", text)
+    assert target in text, "config-push/destinations.yml no longer names 127.0.0.1:5000"
+    if extra_tags:
+        text += f"    tags: [{', '.join(extra_tags)}]\n"
+    return write(directory / "destinations.yml", text)
+
+
+@pytest.mark.registry
+def test_a_destination_pushes_and_the_output_names_the_digest_the_registry_holds(
+    app: App, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    repository = f"devloop-test/{secrets.token_hex(5)}"
+    target = f"{registry.host}/{repository}"
+    pushing = destinations(app, target, ["extra"], tmp_path)
+    run = ok(devloop_cli(app.root, "resolve", "-f", "config/", "-f", str(pushing)))
+    pushed = images_of(documents(run.stdout)[0])[0]
+    assert re.fullmatch(rf"{re.escape(target)}@{DIGEST}", pushed)
+    digest = pushed.partition("@")[2]
+    tags = registry_tags(registry, repository)
+    assert "extra" in tags and [t for t in tags if t.startswith("kbld-rand-")]
+    assert {registry_digest(registry, repository, tag) for tag in tags} == {digest}
+    assert final_lines(run.stderr) == [f"resolve | final: {app.image} -> {pushed}"]
+
+
+@pytest.mark.registry
+def test_a_pushed_image_is_annotated_with_its_extra_tags(
+    app: App, registry: RunningRegistry, tmp_path: Path
+) -> None:
+    target = f"{registry.host}/devloop-test/{secrets.token_hex(5)}"
+    pushing = destinations(app, target, ["extra", "also"], tmp_path)
+    run = ok(devloop_cli(app.root, "resolve", "-f", "config/", "-f", str(pushing)))
+    (entry,) = annotation(documents(run.stdout)[0])
+    kinds = [next(iter(origin)) for origin in entry["origins"]]
+    assert kinds == ["local", "git", "tagged"]
+    assert entry["origins"][2] == {"tagged": {"tags": ["extra", "also"]}}
+
+
+def tiny_push_config(directory: Path, image: str, context: Path, target: str) -> Path:
+    config = f"{source(image, context)}destinations:\n- image: {image}\n  newImage: {target}\n"
+    return write(directory / "in.yml", f"{config}---\n{pod('app', image)}")
+
+
+@pytest.mark.registry
+def test_a_push_to_a_registry_needing_login_uses_the_docker_config(
+    docker_config: Path,
+    auth_registry: RunningRegistry,
+    leftovers: Leftovers,
+    make_context: MakeContext,
+    tmp_path: Path,
+) -> None:
+    target = f"{auth_registry.host}/devloop-test/{leftovers.token}"
+    context = make_context(files={"f": leftovers.token})
+    manifests = tiny_push_config(tmp_path, leftovers.image, context, target)
+    run = ok(devloop_cli(tmp_path, "resolve", "-f", str(manifests)))
+    assert re.fullmatch(rf"{re.escape(target)}@{DIGEST}", images_of(documents(run.stdout)[0])[0])
+    assert auth_registry.password not in run.stdout + run.stderr
+
+
+@pytest.mark.registry
+def test_a_push_without_credentials_fails_naming_the_registry(
+    auth_registry: RunningRegistry,
+    leftovers: Leftovers,
+    make_context: MakeContext,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(write(tmp_path / "empty/config.json", "{}").parent))
+    target = f"{auth_registry.host}/devloop-test/{leftovers.token}"
+    context = make_context(files={"f": leftovers.token})
+    manifests = tiny_push_config(tmp_path, leftovers.image, context, target)
+    run = devloop_cli(tmp_path, "resolve", "-f", str(manifests))
+    message = error_of(run)
+    assert auth_registry.host in message
+    assert run.stdout == ""
+    assert auth_registry.password not in run.stdout + run.stderr

@@ -33,9 +33,7 @@ from tests.fixtures.engine import (
     remove_test_images,
     wait_until_clean,
 )
-from tests.fixtures.registry import (
-    RunningRegistry,
-)
+from tests.fixtures.registry import PushImage, RunningRegistry, running_registry
 from tests.test_building import registry_digest
 
 MakeContext = Callable[..., Path]
@@ -347,3 +345,112 @@ def test_a_push_without_credentials_fails_naming_the_registry(
     assert auth_registry.host in message
     assert run.stdout == ""
     assert auth_registry.password not in run.stdout + run.stderr
+
+
+# -- 3. stdin, digests, annotations, --build=false, --unresolved-inspect, locks ------------------
+@dataclass(frozen=True)
+class Pushed:
+    ref: str  # host/repository:tag
+    repo: str  # host/repository
+    digest: str
+
+
+@pytest.fixture
+def pushed(registry: RunningRegistry, push_image: PushImage) -> Pushed:
+    repository = f"devloop-test/{secrets.token_hex(5)}"
+    digest = push_image(registry, repository, "v1")
+    return Pushed(f"{registry.host}/{repository}:v1", f"{registry.host}/{repository}", digest)
+
+
+def some_digest() -> str:
+    return f"sha256:{secrets.token_hex(32)}"
+
+
+@pytest.mark.registry
+def test_stdin_resolves_tags_and_normalises_digests_annotating_only_the_resolved(
+    pushed: Pushed, tmp_path: Path
+) -> None:
+    digest = some_digest()
+    stream = f"{pod('by-tag', pushed.ref)}---\n{pod('by-digest', f'nginx@{digest}')}"
+    run = ok(devloop_cli(tmp_path, "resolve", "-f-", stdin=stream))
+    by_tag, by_digest = documents(run.stdout)
+    assert images_of(by_tag) == [f"{pushed.repo}@{pushed.digest}"]
+    assert annotation(by_tag) == [
+        {
+            "origins": [{"resolved": {"tag": "v1", "url": pushed.ref}}],
+            "url": f"{pushed.repo}@{pushed.digest}",
+        }
+    ]
+    assert images_of(by_digest) == [f"index.docker.io/library/nginx@{digest}"]
+    assert annotation(by_digest) is None
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("flag", ["--images-annotation=false", "--no-images-annotation"])
+def test_turning_the_images_annotation_off_leaves_metadata_as_written(
+    flag: str, pushed: Pushed, tmp_path: Path
+) -> None:
+    stream = pod("by-tag", pushed.ref)
+    run = ok(devloop_cli(tmp_path, "resolve", "-f-", flag, stdin=stream))
+    assert run.stdout == "---\n" + stream.replace(pushed.ref, f"{pushed.repo}@{pushed.digest}")
+
+
+def test_build_false_refuses_an_image_a_source_matches_with_kbld_s_message(
+    tmp_path: Path, make_context: MakeContext
+) -> None:
+    manifests = write(tmp_path / "in.yml", f"{source('app', make_context())}---\n{pod('p', 'app')}")
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f", "in.yml", "--build=false"))
+    assert message.startswith(
+        "devloop: Error: Building of images is disallowed "
+        "(tried to build 'app' because a source was configured for it"
+    )
+    assert manifests.name in message
+
+
+def test_unresolved_inspect_lists_each_reference_once_sorted_and_resolves_nothing(
+    tmp_path: Path,
+) -> None:
+    refs = ["zeta:1", f"nginx@{some_digest()}", "127.0.0.1:1/alpha:2", "zeta:1", "mid"]
+    stream = "---\n".join(pod(f"p{i}", ref) for i, ref in enumerate(refs))
+    run = ok(devloop_cli(tmp_path, "resolve", "-f-", "--unresolved-inspect", stdin=stream))
+    assert run.stdout == "".join(f"- image: {ref}\n" for ref in sorted(set(refs)))
+    assert run.stderr == ""
+
+
+# The annotation of a locked run says `preresolved` (kbld's too): compare the manifests without it.
+BARE = ("--images-annotation=false",)
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("lock_flag", ["--lock-output", "--imgpkg-lock-output"])
+def test_a_lock_file_fed_back_reproduces_the_output_without_building_or_the_registry(
+    lock_flag: str,
+    push_image: PushImage,
+    leftovers: Leftovers,
+    make_context: MakeContext,
+    tmp_path: Path,
+) -> None:
+    context = make_context(files={"f": leftovers.token})
+    repository = f"devloop-test/{leftovers.token}"
+    with running_registry(tmp_path / "registry") as (host, url, _):
+        digest = push_image(RunningRegistry(host, url), repository, "v1")
+        stream = f"{source(leftovers.image, context)}---\n"
+        stream += pod("app", leftovers.image, f"{host}/{repository}:v1")
+        manifests = write(tmp_path / "in.yml", stream)
+        first = ok(devloop_cli(tmp_path, "resolve", "-f", "in.yml", lock_flag, "lock.yml", *BARE))
+    built, resolved = images_of(documents(first.stdout)[0])
+    assert re.fullmatch(built_tag(leftovers.image), built)
+    assert resolved == f"{host}/{repository}@{digest}"
+    shutil.rmtree(context)  # and the registry has stopped: a build or a lookup would now fail
+    again = ok(devloop_cli(tmp_path, "resolve", "-f", str(manifests), "-f", "lock.yml", *BARE))
+    assert again.stdout == first.stdout
+    assert not [line for line in again.stderr.splitlines() if not line.startswith("resolve | ")]
+    assert final_lines(again.stderr) == final_lines(first.stderr)
+
+
+def test_both_lock_outputs_at_once_are_refused_before_any_work(tmp_path: Path) -> None:
+    stream = pod("p", f"nginx@{some_digest()}")
+    args = ["resolve", "-f-", "--lock-output", "a.yml", "--imgpkg-lock-output", "b.yml"]
+    message = one_line_error(devloop_cli(tmp_path, *args, stdin=stream))
+    assert "--lock-output" in message and "--imgpkg-lock-output" in message
+    assert list(tmp_path.iterdir()) == []

@@ -33,7 +33,13 @@ from tests.fixtures.engine import (
     remove_test_images,
     wait_until_clean,
 )
-from tests.fixtures.registry import PushImage, RunningRegistry, running_registry
+from tests.fixtures.registry import (
+    PushImage,
+    RunningRegistry,
+    basic_auth,
+    free_port,
+    running_registry,
+)
 from tests.test_building import registry_digest
 
 MakeContext = Callable[..., Path]
@@ -454,3 +460,130 @@ def test_both_lock_outputs_at_once_are_refused_before_any_work(tmp_path: Path) -
     message = one_line_error(devloop_cli(tmp_path, *args, stdin=stream))
     assert "--lock-output" in message and "--imgpkg-lock-output" in message
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 4. bad input: exit 1 and one message saying where ------------------------------------------
+def test_malformed_yaml_names_the_file_document_and_line(tmp_path: Path) -> None:
+    text = pod("fine", "app") + "---\nkind: Pod\nmetadata:\n  labels: x\n    bad: y\n"
+    write(tmp_path / "broken.yml", text)
+    line = text.splitlines().index("    bad: y") + 1
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f", "broken.yml"))
+    assert message.startswith("devloop: Error: broken.yml, document 2: ")
+    assert f"line {line} " in message
+
+
+def test_an_unknown_kind_in_the_kbld_group_names_it_and_the_known_kinds(tmp_path: Path) -> None:
+    text = pod("p", "app") + "---\napiVersion: kbld.k14s.io/v1alpha1\nkind: Sauces\n"
+    write(tmp_path / "build.yml", text)
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f", "build.yml"))
+    assert message.startswith("devloop: Error: build.yml, document 2: kind: 'Sauces'")
+    assert "Config" in message
+
+
+def test_a_missing_source_path_names_the_key_and_the_directory_it_is_relative_to(
+    tmp_path: Path,
+) -> None:
+    missing = kbld_config("sources:\n- image: app\n  path: nowhere\n")
+    text = f"{pod('p', 'app')}---\n{missing}"
+    write(tmp_path / "build.yml", text)
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f", "build.yml"))
+    assert message.startswith("devloop: Error: build.yml, document 2: sources[0].path: ")
+    assert "'nowhere'" in message and str(tmp_path) in message
+
+
+def test_a_malformed_digest_is_reported_in_kbld_s_words_where_it_is_written(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "app.yml", pod("fine", "app") + "---\n" + pod("p", "x", "nginx@sha256:digest"))
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f", "app.yml"))
+    assert message.startswith("devloop: Error: app.yml, document 2: spec.containers[1].image: ")
+    assert (
+        "Expected valid digest reference, but found 'nginx@sha256:digest', "
+        "reason: invalid checksum digest length" in message
+    )
+
+
+def test_an_unknown_config_field_is_a_warning_naming_the_key(tmp_path: Path) -> None:
+    write(tmp_path / "build.yml", kbld_config("sorces: []\n"))
+    run = ok(devloop_cli(tmp_path, "resolve", "-f", "build.yml"))
+    (warning,) = run.stderr.splitlines()
+    assert warning.startswith("devloop: Warning: build.yml, document 1: sorces: ")
+    assert run.stdout == ""
+
+
+def test_an_unreachable_registry_is_named_with_its_port(tmp_path: Path) -> None:
+    host = f"127.0.0.1:{free_port()}"  # nothing listens there
+    run = devloop_cli(tmp_path, "resolve", "-f-", stdin=pod("p", f"{host}/app:v1"))
+    message = one_line_error(run)
+    assert host in message
+
+
+@pytest.mark.registry
+def test_wrong_registry_credentials_fail_naming_the_registry_and_no_password(
+    auth_registry: RunningRegistry,
+    push_image: PushImage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repository = f"devloop-test/{secrets.token_hex(5)}"
+    push_image(auth_registry, repository, "v1")
+    wrong = f"wrong-{secrets.token_hex(8)}"
+    auths = {"auths": {auth_registry.host: {"auth": basic_auth(auth_registry.username, wrong)}}}
+    config = write(tmp_path / "docker/config.json", json.dumps(auths))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config.parent))
+    stream = pod("p", f"{auth_registry.host}/{repository}:v1")
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f-", stdin=stream))
+    assert auth_registry.host in message
+    assert wrong not in message and auth_registry.password not in message
+
+
+@pytest.mark.docker
+def test_a_failing_dockerfile_shows_its_last_lines_under_the_image_prefix(
+    base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext, tmp_path: Path
+) -> None:
+    dockerfile = f"FROM {base_images.busybox}\nRUN echo {leftovers.token}-last-words && exit 3\n"
+    context = make_context(dockerfile=dockerfile)
+    write(
+        tmp_path / "in.yml", f"{source(leftovers.image, context)}---\n{pod('p', leftovers.image)}"
+    )
+    run = devloop_cli(tmp_path, "resolve", "-f", "in.yml")
+    message = error_of(run)
+    assert message.startswith(f"devloop: Error: building {leftovers.image} failed")
+    assert f"{leftovers.image} | {leftovers.token}-last-words" in message.splitlines()
+    assert run.stdout == ""
+
+
+def test_a_nonexistent_file_is_named(tmp_path: Path) -> None:
+    message = one_line_error(devloop_cli(tmp_path, "resolve", "-f", "missing.yml"))
+    assert message.startswith("devloop: Error: missing.yml: ")
+
+
+def test_no_input_at_all_says_how_to_give_some(tmp_path: Path) -> None:
+    message = one_line_error(devloop_cli(tmp_path, "resolve"))
+    assert "-f" in message
+
+
+# -- 6. concurrent builds -------------------------------------------------------------------------
+LINES_PER_BUILD = 40  # enough output for two builds' lines to interleave
+
+
+@pytest.mark.docker
+def test_concurrent_builds_write_whole_lines_each_under_one_image_prefix(
+    base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext, tmp_path: Path
+) -> None:
+    images = [f"{leftovers.image}-a", f"{leftovers.image}-b"]
+    stream = ""
+    for image in images:
+        loop = f"for i in $(seq {LINES_PER_BUILD}); do echo {leftovers.token}-{image[-1]}-$i; done"
+        context = make_context(image[-1], dockerfile=f"FROM {base_images.busybox}\nRUN {loop}\n")
+        stream += f"{source(image, context)}---\n"
+    write(tmp_path / "in.yml", stream + pod("p", *images))
+    run = ok(devloop_cli(tmp_path, "resolve", "-f", "in.yml", "--build-concurrency", "2"))
+    prefixes = [f"{image} | " for image in images]
+    lines = run.stderr.splitlines()
+    assert [line for line in lines if not line.startswith((*prefixes, "resolve | "))] == []
+    assert [line for line in lines if sum(line.count(p.rstrip()) for p in prefixes) > 1] == []
+    for image, prefix in zip(images, prefixes, strict=True):
+        echoed = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
+        expected = [f"{leftovers.token}-{image[-1]}-{i}" for i in range(1, LINES_PER_BUILD + 1)]
+        assert [text for text in echoed if text in expected] == expected

@@ -2,8 +2,9 @@
 
 The SDK stays at the edge: this is the only module besides `building.py` allowed to import
 docker, and the rest of devloop talks to these small typed, blocking functions (the async side
-runs them in worker threads). Every container and network carries the `devloop.dev/app` label,
-so everything an app ever started - including leftovers of a killed run - can be found again.
+runs them in worker threads). Every container and network carries the `devloop.dev/app` label
+(the labels are defined with the plan, in `docker_plan.py`), so everything an app ever started -
+including leftovers of a killed run - can be found again.
 SDK errors become `EngineUnavailable` (retry later) or `DevloopError` (with the engine's words).
 """
 
@@ -14,22 +15,23 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import docker
 import docker.errors
 import requests
 
+from devloop.docker_plan import (
+    APP_LABEL,
+    CONTAINER_LABEL,
+    HASH_LABEL,
+    WORKLOAD_LABEL,
+    ContainerSpec,
+    network_name,
+)
 from devloop.errors import DevloopError, EngineUnavailable
 
-if TYPE_CHECKING:
-    from devloop.docker_target import ContainerSpec
-
 ENGINE_TIMEOUT_S = 30  # seconds per engine HTTP call; the SDK adds the stop timeout to `stop`
-APP_LABEL = "devloop.dev/app"
-WORKLOAD_LABEL = "devloop.dev/workload"
-CONTAINER_LABEL = "devloop.dev/container"
-HASH_LABEL = "devloop.dev/spec-hash"
 EXPLANATION_CHARS = 300  # engine error bodies are trimmed to this
 PORT_TAKEN = ("address already in use", "port is already allocated")
 
@@ -60,10 +62,6 @@ class Info:
     def key(self) -> tuple[str, str]:
         """(workload, container): the slot a new spec replaces."""
         return (self.labels.get(WORKLOAD_LABEL, ""), self.labels.get(CONTAINER_LABEL, ""))
-
-
-def network_name(app: str) -> str:
-    return f"devloop-{app}"
 
 
 @cache

@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from devloop import containers
-from devloop.docker_target import ContainerSpec, Port
+from devloop.docker_plan import ContainerSpec, Port, network_name
 from devloop.errors import DevloopError, EngineUnavailable
 
 pytestmark = pytest.mark.docker
@@ -201,7 +201,7 @@ def test_following_ends_by_itself_when_the_container_is_removed(app: str, page_i
 def test_remove_app_removes_stopped_and_running_containers_and_the_network(
     app: str, page_image: str
 ) -> None:
-    network = containers.network_name(app)
+    network = network_name(app)
     sleeper = spec_for(app, page_image, entrypoint=("/bin/busybox", "sleep", "1000"))
     running = containers.run(sleeper)
     done = spec_for(app, page_image, container="done", entrypoint=("/bin/busybox", "true"))

@@ -9,13 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from devloop import __version__
 from devloop.errors import DevloopError
 
 _TRUE = {"true", "1", "yes", "on", "t"}
 _FALSE = {"false", "0", "no", "off", "f"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with kbld's error shape: one `devloop: Error:` line and exit 1, not usage + 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"devloop: Error: {message}. See `{self.prog} --help`\n")
 
 
 def parse_bool(text: str) -> bool:
@@ -116,7 +123,7 @@ def _inspect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="devloop",
         description="An instant, trustworthy Kubernetes inner loop.",
     )

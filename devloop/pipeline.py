@@ -89,9 +89,11 @@ def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
     out = LineWriter(stderr)
     resolver = Resolver(found.config, out, _options(args))
     resolved = anyio.run(resolver.resolve_all, found.urls)
+    # Locks first: a lock that cannot be written must fail the run before a piped consumer
+    # (`| kapp deploy -f-`) has read any manifest.
+    _write_locks(args, found.config, resolved)
     stdout.write(rewrite(found, resolved, args.images_annotation))
     stdout.flush()
-    _write_locks(args, found.config, resolved)
     for line in final_lines(resolved):
         out.line("resolve", line)
     return 0

@@ -587,3 +587,20 @@ def test_concurrent_builds_write_whole_lines_each_under_one_image_prefix(
         echoed = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
         expected = [f"{leftovers.token}-{image[-1]}-{i}" for i in range(1, LINES_PER_BUILD + 1)]
         assert [text for text in echoed if text in expected] == expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--bogus"], ["--build=maybe"], ["--build-concurrency", "many"], ["--build-concurrency", "0"]],
+)
+def test_a_bad_flag_is_one_error_line_not_a_usage_dump(args: list[str], tmp_path: Path) -> None:
+    run = devloop_cli(tmp_path, "resolve", "-f-", *args, stdin=pod("p", f"nginx@{some_digest()}"))
+    message = one_line_error(run)
+    assert args[0].partition("=")[0] in message
+
+
+def test_an_unwritable_lock_file_fails_before_any_manifest_is_printed(tmp_path: Path) -> None:
+    lock = tmp_path / "missing-dir/lock.yml"
+    stream = pod("p", f"nginx@{some_digest()}")
+    run = devloop_cli(tmp_path, "resolve", "-f-", "--lock-output", str(lock), stdin=stream)
+    assert str(lock) in one_line_error(run)

@@ -25,15 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devloop import inputs
 from devloop.model import ImageRef, Source
-from devloop.watching import (
-    Changes,
-    WatchSet,
-    _ReadyProbe,
-    inotify_watch_count,
-    watch_roots,
-    watch_set,
-    watcher,
-)
+from devloop.watching import _ReadyProbe, inotify_watch_count, watcher
+from devloop.watchset import Changes, WatchSet, watch_roots, watch_set
 
 FILES_PER_DIR = 20
 

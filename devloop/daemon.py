@@ -226,7 +226,7 @@ class Controller:
     # -- watching ---------------------------------------------------------------------------
     async def watcher_task(self) -> None:
         """Run the watcher; restart it when the set of watched things changes."""
-        from devloop.watching import Changes
+        from devloop.watchset import Changes
 
         send, receive = anyio.create_memory_object_stream[Changes](1)
         async with send, anyio.create_task_group() as tg:
@@ -260,7 +260,7 @@ class Controller:
                 await self.on_changes(changes)
 
     def _watch_set(self) -> Any:
-        from devloop.watching import watch_set
+        from devloop.watchset import watch_set
 
         sources, manifests, render_inputs = self._watch_inputs()
         self._watched = self._watch_key()

@@ -148,6 +148,7 @@ def git(cwd: Path, *args: str) -> str:
 class App:
     root: Path  # a temporary copy of config/, config-push/ and sample-app-go/: a git repo
     image: str  # the name its config builds, unique to this module (so its tags get removed)
+    token: str  # in `image` and in pushed names: the module's clean-up removes what carries it
     sha: str  # the copy's commit
     remote: str  # the copy's origin, credentials included
 
@@ -168,7 +169,7 @@ def app(
     git(root, "add", ".")
     git(root, "commit", "-q", "-m", "sample app")
     git(root, "remote", "add", "origin", remote)
-    yield App(root, tracked.image, git(root, "rev-parse", "HEAD"), remote)
+    yield App(root, tracked.image, token, git(root, "rev-parse", "HEAD"), remote)
     left = wait_until_clean(engine, tracked)
     remove_test_images(engine, token)
     assert left == [], f"the sample app's builds left these behind: {left}"
@@ -283,11 +284,12 @@ def destinations(app: App, target: str, extra_tags: list[str], directory: Path) 
     return write(directory / "destinations.yml", text)
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 def test_a_destination_pushes_and_the_output_names_the_digest_the_registry_holds(
-    app: App, registry: RunningRegistry, tmp_path: Path
+    app: App, registry: RunningRegistry, engine: Engine, tmp_path: Path
 ) -> None:
-    repository = f"devloop-test/{secrets.token_hex(5)}"
+    repository = f"devloop-test/{app.token}-{secrets.token_hex(3)}"
     target = f"{registry.host}/{repository}"
     pushing = destinations(app, target, ["extra"], tmp_path)
     run = ok(devloop_cli(app.root, "resolve", "-f", "config/", "-f", str(pushing)))
@@ -298,13 +300,15 @@ def test_a_destination_pushes_and_the_output_names_the_digest_the_registry_holds
     assert "extra" in tags and [t for t in tags if t.startswith("kbld-rand-")]
     assert {registry_digest(registry, repository, tag) for tag in tags} == {digest}
     assert final_lines(run.stderr) == [f"resolve | final: {app.image} -> {pushed}"]
+    assert engine.api.images(name=target) == []  # the local push tag is gone
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 def test_a_pushed_image_is_annotated_with_its_extra_tags(
     app: App, registry: RunningRegistry, tmp_path: Path
 ) -> None:
-    target = f"{registry.host}/devloop-test/{secrets.token_hex(5)}"
+    target = f"{registry.host}/devloop-test/{app.token}-{secrets.token_hex(3)}"
     pushing = destinations(app, target, ["extra", "also"], tmp_path)
     run = ok(devloop_cli(app.root, "resolve", "-f", "config/", "-f", str(pushing)))
     (entry,) = annotation(documents(run.stdout)[0])
@@ -318,6 +322,7 @@ def tiny_push_config(directory: Path, image: str, context: Path, target: str) ->
     return write(directory / "in.yml", f"{config}---\n{pod('app', image)}")
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 def test_a_push_to_a_registry_needing_login_uses_the_docker_config(
     docker_config: Path,
@@ -334,6 +339,7 @@ def test_a_push_to_a_registry_needing_login_uses_the_docker_config(
     assert auth_registry.password not in run.stdout + run.stderr
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 def test_a_push_without_credentials_fails_naming_the_registry(
     auth_registry: RunningRegistry,
@@ -372,6 +378,7 @@ def some_digest() -> str:
     return f"sha256:{secrets.token_hex(32)}"
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 def test_stdin_resolves_tags_and_normalises_digests_annotating_only_the_resolved(
     pushed: Pushed, tmp_path: Path
@@ -391,6 +398,7 @@ def test_stdin_resolves_tags_and_normalises_digests_annotating_only_the_resolved
     assert annotation(by_digest) is None
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 @pytest.mark.parametrize("flag", ["--images-annotation=false", "--no-images-annotation"])
 def test_turning_the_images_annotation_off_leaves_metadata_as_written(
@@ -427,6 +435,7 @@ def test_unresolved_inspect_lists_each_reference_once_sorted_and_resolves_nothin
 BARE = ("--images-annotation=false",)
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 @pytest.mark.parametrize("lock_flag", ["--lock-output", "--imgpkg-lock-output"])
 def test_a_lock_file_fed_back_reproduces_the_output_without_building_or_the_registry(
@@ -518,6 +527,7 @@ def test_an_unreachable_registry_is_named_with_its_port(tmp_path: Path) -> None:
     assert host in message
 
 
+@pytest.mark.docker
 @pytest.mark.registry
 def test_wrong_registry_credentials_fail_naming_the_registry_and_no_password(
     auth_registry: RunningRegistry,

@@ -21,7 +21,7 @@ import anyio.abc
 import anyio.to_thread
 
 from devloop.deploying import Deployer, Loaded, load, source_urls
-from devloop.errors import ClusterUnavailable, DevloopError, RolloutError, TemporaryError
+from devloop.errors import ClusterUnavailable, DevloopError, RolloutError
 from devloop.events import Events
 from devloop.lanes import Lane, LaneRunner
 from devloop.model import Resolved, Source
@@ -209,19 +209,20 @@ class Controller:
                 self.events.emit("cluster.reachable", reason="the cluster answers again")
             await self.deployer.deploy(self.loaded, built)
             self._outage = ""
-        except TemporaryError as error:
-            if str(error) != self._outage:  # say it once per outage, then retry quietly
-                self.events.emit("apply.failed", reason=str(error), retrying=True)
-            self._outage = str(error)
-            self._unreachable = isinstance(error, ClusterUnavailable)
-            return "retry"
-        except RolloutError as error:
-            self.events.emit("rollout.failed", reason=str(error))
-            return "failed"
         except DevloopError as error:
-            self.events.emit("apply.failed", reason=str(error))
-            return "failed"
+            return self._deploy_failed(error)
         return "done"
+
+    def _deploy_failed(self, error: DevloopError) -> str:
+        if not error.retryable:
+            event = "rollout.failed" if isinstance(error, RolloutError) else "apply.failed"
+            self.events.emit(event, reason=str(error))
+            return "failed"
+        if str(error) != self._outage:  # say it once per outage, then retry quietly
+            self.events.emit("apply.failed", reason=str(error), retrying=True)
+        self._outage = str(error)
+        self._unreachable = isinstance(error, ClusterUnavailable)
+        return "retry"
 
     # -- watching ---------------------------------------------------------------------------
     async def watcher_task(self) -> None:

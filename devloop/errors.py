@@ -20,6 +20,14 @@ class DevloopError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def in_context(self, prefix: str) -> DevloopError:
+        """The same error (same class, so still retryable or not) with `prefix` before its text."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.message = prefix + self.message
+        clone.args = (clone.message,)
+        return clone
+
 
 class TemporaryError(DevloopError):
     """A failure that may go away by itself (engine or cluster down); the daemon retries."""

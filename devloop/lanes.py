@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.to_thread
 
-from devloop.errors import DevloopError, TemporaryError
+from devloop.errors import DevloopError
 from devloop.events import Events, Stopwatch
 from devloop.model import Resolved, Source
 
@@ -170,7 +170,7 @@ class LaneRunner:
                 retrying=error.retryable or None,
             )
         await self.on_done(lane)
-        return "retry" if isinstance(error, TemporaryError) else "failed"
+        return "retry" if error.retryable else "failed"
 
     async def _backoff(self, lane: Lane, reason: str, attempt: int) -> None:
         delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]

@@ -17,7 +17,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from devloop.errors import DevloopError, PermanentError
+from devloop.errors import DevloopError, PermanentError, RegistryError
 from devloop.model import Config, Origin, Override, Resolved, Source
 from devloop.references import DEFAULT_TAG, is_digest, parse_reference, repo_of
 
@@ -39,6 +39,7 @@ class ResolveErrors(DevloopError):
 
     def __init__(self, failures: Mapping[str, DevloopError]) -> None:
         self.failures = dict(failures)
+        self.retryable = all(error.retryable for error in failures.values())
         lines = [f"- Resolving image '{url}': {error}" for url, error in sorted(failures.items())]
         super().__init__("\n".join(lines))
 
@@ -73,7 +74,10 @@ class Resolver:
             for url in sorted(set(urls)):
                 tg.start_soon(one, url)
         if len(failures) == 1:
-            raise next(iter(failures.values()))
+            url, error = next(iter(failures.items()))
+            if isinstance(error, RegistryError):  # it names the host; say which image too
+                raise error.in_context(f"Resolving image '{url}': ") from error
+            raise error
         if failures:
             raise ResolveErrors(failures)
         return results

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 Event = dict[str, Any]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout under test, whatever pip installed
 
 
 class Devloop:
@@ -33,7 +34,7 @@ class Devloop:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             start_new_session=True,
         )
         self._threads = [

@@ -520,11 +520,12 @@ def test_an_unknown_config_field_is_a_warning_naming_the_key(tmp_path: Path) -> 
     assert run.stdout == ""
 
 
-def test_an_unreachable_registry_is_named_with_its_port(tmp_path: Path) -> None:
+def test_an_unreachable_registry_is_named_with_its_port_and_the_image(tmp_path: Path) -> None:
     host = f"127.0.0.1:{free_port()}"  # nothing listens there
     run = devloop_cli(tmp_path, "resolve", "-f-", stdin=pod("p", f"{host}/app:v1"))
     message = one_line_error(run)
-    assert host in message
+    assert message.startswith(f"devloop: Error: Resolving image '{host}/app:v1': ")
+    assert host in message.split(": ", 2)[2]
 
 
 @pytest.mark.docker

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ GREETING = '"Hello %s!\\n"'  # the literal in sample-app-go/main.go that each ed
 FAILURES = ("build.failed", "apply.failed", "rollout.failed", "config.failed")
 BUILD_TIMEOUT_S = 600.0  # a cold Go build on 2 busy cores takes ~30 s; leave plenty
 W = 40  # width of the tables' label column
+STEP_IMAGE = re.compile(r" ---> (Using cache|[0-9a-f]{12})\s*$")
 KBLD_NOTE = "kbld: not installed (the Go module proxy refuses carvel.dev/kbld), no comparison"
 
 
@@ -83,6 +84,23 @@ def settle(dl: Devloop, quiet: float) -> None:
     while seen != dl.mark():
         seen = dl.mark()
         time.sleep(quiet)
+
+
+def fresh_layers(lines: Iterable[str]) -> list[str]:
+    """Image ids of the steps a classic-builder build ran rather than took from its cache.
+
+    A multi-stage build leaves its builder stage (here ~90 MB of Go cache per edit) as
+    dangling images; these ids let the cleanup remove exactly what this run made.
+    """
+    ids, cached = [], False
+    for line in lines:
+        found = STEP_IMAGE.search(line)
+        if found and found[1] == "Using cache":
+            cached = True
+        elif found:
+            ids += [] if cached else [found[1]]
+            cached = False
+    return ids
 
 
 def save(path: Path, data: bytes) -> float:
@@ -142,7 +160,8 @@ def edit_once(dl: Devloop, main_go: Path, text: str, session: Session) -> None:
     session.build_s.append(float(finished["seconds"]))
     session.build_to_apply_ms.append((at(applying) - at(finished)) * 1000)
     session.save_to_rollout_s.append(at(rolled) - saved)
-    session.refs.append(str(finished["ref"]))
+    output = [str(e.get("line")) for e in events[:done] if e.get("event") == "output"]
+    session.refs += [str(finished["ref"]), *fresh_layers(output)]
 
 
 def noop_once(dl: Devloop, main_go: Path, session: Session, quiet: float) -> None:
@@ -251,14 +270,14 @@ class Scripted:
     refs: list[str] = field(default_factory=list)
 
 
-def timed(cmd: Sequence[str], cwd: Path, stdin: str | None = None) -> tuple[float, str]:
+def timed(cmd: Sequence[str], cwd: Path, stdin: str | None = None) -> tuple[float, str, str]:
     started = time.monotonic()
     done = subprocess.run(
         cmd, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
     )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{done.stderr[-2000:]}")
-    return time.monotonic() - started, done.stdout
+    return time.monotonic() - started, done.stdout, done.stderr
 
 
 def scripted_loop(project: Path, kubeconfig: Path, edits: int) -> Scripted:
@@ -273,12 +292,12 @@ def scripted_loop(project: Path, kubeconfig: Path, edits: int) -> Scripted:
     for n in range(-1, edits):  # -1: the first deploy, not counted
         greeting = f'"Hello from scripted edit {n} of {token}, %s!\\n"'
         main_go.write_text(original.replace(GREETING, greeting))
-        resolve, manifests = timed(
+        resolve, manifests, log = timed(
             [sys.executable, "-m", "devloop.cli", "resolve", "-f", "config/"], project
         )
-        apply, _ = timed([*kubectl, "apply", "-f", "-"], project, manifests)
-        rollout, _ = timed([*kubectl, "rollout", "status", "deployment/sample-app"], project)
-        result.refs += re.findall(r"kbld:[\w.-]+", manifests)
+        apply, _, _ = timed([*kubectl, "apply", "-f", "-"], project, manifests)
+        rollout, _, _ = timed([*kubectl, "rollout", "status", "deployment/sample-app"], project)
+        result.refs += [*re.findall(r"kbld:[\w.-]+", manifests), *fresh_layers(log.splitlines())]
         if n >= 0:
             result.resolve_s.append(resolve)
             result.apply_s.append(apply)
@@ -391,9 +410,11 @@ def copy_project(destination: Path) -> Path:
 
 
 def remove_images(refs: Sequence[str]) -> None:
-    """Untag the images this run built (each edit's greeting carries a random token)."""
+    """Remove the images this run built (each edit's greeting carries a random token), the
+    newest first so that a parent is free of children when its turn comes."""
     if refs:
-        subprocess.run(["docker", "image", "rm", *sorted(set(refs))], capture_output=True)
+        newest_first = list(dict.fromkeys(reversed(refs)))
+        subprocess.run(["docker", "image", "rm", *newest_first], capture_output=True)
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:

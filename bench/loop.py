@@ -136,7 +136,11 @@ def start_devloop(project: Path, kubeconfig: Path, *extra: str) -> tuple[Devloop
     args = ["--app", "bench", "--namespace", "default", "--kubeconfig", str(kubeconfig), *extra]
     started = time.time()
     dl = Devloop(project, args)
-    rollout = await_any(dl, ["rollout.finished"], 0, BUILD_TIMEOUT_S)
+    try:
+        rollout = await_any(dl, ["rollout.finished"], 0, BUILD_TIMEOUT_S)
+    except BaseException:
+        stop_devloop(dl)
+        raise
     return dl, at(rollout) - started
 
 
@@ -483,7 +487,10 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, raise_interrupt)
+    # SIGINT explicitly too: a shell starts background jobs with it ignored, and Python then
+    # keeps it ignored, so `kill -INT` would not reach the cleanup
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_interrupt)
     args = parse_args(argv)
     try:
         lines, ok = run(args)

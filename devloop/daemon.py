@@ -52,6 +52,7 @@ class Controller:
         self._watched: tuple[Any, ...] | None = None
         self._unreachable = False  # the cluster failed to answer; only pings until it does
         self._outage = ""  # the message of the temporary failure being retried, said once
+        self._deployed: dict[str, Resolved] = {}  # the lanes' images of the newest deploy
 
     async def run(self) -> None:
         if self.settings.resolved_target() == "docker":
@@ -167,7 +168,12 @@ class Controller:
         return [lane for lane in self.lanes.values() if key in (lane.url, lane.source.path)]
 
     async def lane_done(self, lane: Lane) -> None:
-        self.mark_dirty()
+        """A lane went idle: deploy if its image differs from the deployed one, else only wake
+        the deployer (it may be waiting for this lane before applying a manifest change)."""
+        if lane.result is not None and self._deployed.get(lane.url) != lane.result:
+            self.mark_dirty()
+        else:
+            self.kick.set()
 
     def mark_dirty(self) -> None:
         self.dirty = True
@@ -202,6 +208,7 @@ class Controller:
         """Deploy the newest state; while the cluster is away, only a cheap ping is retried."""
         assert self.loaded is not None
         built = {url: lane.result for url, lane in self.lanes.items() if lane.result}
+        self._deployed = dict(built)  # a failed deploy is retried by its own loop
         try:
             if self._unreachable:
                 await self.deployer.ping()

@@ -169,7 +169,10 @@ def test_an_edit_rolls_out_a_new_image_and_an_unchanged_save_builds_nothing(
     mark = devloop.mark()
     app.write("app/content.txt", "v2\n")  # saved again, same bytes
     devloop.wait("build.skipped", after=mark)
+    app.write("config/extra.yml", EXTRA.replace("hello", "sentinel"))  # a barrier: one apply
+    devloop.wait("apply.finished", after=mark)
     assert devloop.named("build.started", after=mark) == []
+    assert len(devloop.named("apply.started", after=mark)) == 1, "the no-op save applied nothing"
 
 
 def test_a_burst_of_saves_deploys_the_last_content_with_at_most_two_builds(

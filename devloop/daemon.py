@@ -104,11 +104,11 @@ class Controller:
             url,
             source,
             self.events,
-            self._resolver_registry,
+            self._registry,
             stop.is_set,
         )
 
-    def _resolver_registry(self) -> Any:
+    def _registry(self) -> Any:
         from devloop.registry import Registry, RegistryOptions
 
         return Registry(RegistryOptions())
@@ -301,8 +301,17 @@ async def _signals(scope: anyio.CancelScope, events: Events) -> None:
             scope.cancel()
 
 
-async def run(flags: dict[str, Any]) -> int:
+def initial_settings(flags: dict[str, Any]) -> Settings:
+    """Flags, environment and the project's Settings document, read before anything starts."""
     settings = settle(flags)
+    try:
+        return settle(flags, load(settings).file_settings)
+    except DevloopError:
+        return settings  # broken manifests: `up` reports them itself, `down` needs no more
+
+
+async def run(flags: dict[str, Any]) -> int:
+    settings = initial_settings(flags)
     events = Events(settings.log_format, tee_dir=Path(LOG_DIR))
     controller = Controller(settings, flags, events)
     try:
@@ -332,11 +341,7 @@ async def _cleanup(controller: Controller) -> None:
 
 def down(flags: dict[str, Any]) -> int:
     """`devloop down`: delete everything `devloop up` applied (or started) for the app."""
-    settings = settle(flags)
-    try:
-        settings = settle(flags, load(settings).file_settings)
-    except DevloopError:
-        pass  # the manifests may be gone or broken; the flags and defaults still name the app
+    settings = initial_settings(flags)
     if settings.resolved_target() == "docker":
         from devloop import containers
 

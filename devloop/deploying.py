@@ -24,7 +24,7 @@ from devloop.events import Events, Stopwatch
 from devloop.model import Resolved, Source
 from devloop.pipeline import Found, find, rewrite
 from devloop.resolving import Resolver
-from devloop.settings import Settings, from_document, is_settings_document
+from devloop.settings import Settings, from_document
 
 RENDER_TIMEOUT_S = 60.0
 APPLY_TIMEOUT_S = 120.0
@@ -45,14 +45,7 @@ def load(settings: Settings) -> Loaded:
     else:
         documents = read_inputs(list(settings.files), io.StringIO(""))
     found = find(documents)
-    keep, file_settings = [], []
-    for doc, sites in zip(found.documents, found.sites, strict=True):
-        if is_settings_document(doc.data):
-            file_settings.append(from_document(doc.data, doc.where))
-        else:
-            keep.append((doc, sites))
-    trimmed = Found(found.config, [d for d, _ in keep], [s for _, s in keep], found.warnings)
-    return Loaded(trimmed, file_settings)
+    return Loaded(found, [from_document(doc.data, doc.where) for doc in found.settings])
 
 
 def run_render(command: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -24,6 +24,7 @@ from devloop.references import is_digest, parse_reference
 from devloop.rendering import render, render_stream
 from devloop.resolving import ResolveOptions, Resolver
 from devloop.searching import ImageSite, find_sites
+from devloop.settings import is_settings_document
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Found:
     documents: list[Document]
     sites: list[list[ImageSite]]
     warnings: list[str]
+    settings: list[Document] = field(default_factory=list)  # devloop Settings, never output
 
     @property
     def urls(self) -> list[str]:
@@ -42,11 +44,13 @@ class Found:
 
 def find(documents: Sequence[Document]) -> Found:
     config, rest, warnings = load_config(documents)
+    settings = [doc for doc in rest if is_settings_document(doc.data)]
+    rest = [doc for doc in rest if not is_settings_document(doc.data)]
     rules = config.rules()
     sites = [find_sites(doc, rules) for doc in rest]
     for doc, doc_sites in zip(rest, sites, strict=True):
         _check_digests(doc, doc_sites)
-    return Found(config, rest, sites, warnings)
+    return Found(config, rest, sites, warnings, settings)
 
 
 def _check_digests(doc: Document, sites: Sequence[ImageSite]) -> None:

@@ -56,3 +56,15 @@ def test_auto_target_is_docker_without_any_kubeconfig_and_kubernetes_with_one(
     assert Settings().resolved_target({"KUBECONFIG": str(kubeconfig)}) == "kubernetes"
     assert Settings(context="kind-dev").resolved_target({}) == "kubernetes"
     assert Settings(target="docker", kubeconfig=str(kubeconfig)).resolved_target({}) == "docker"
+
+
+def test_resolve_never_outputs_a_settings_document() -> None:
+    import io
+
+    from devloop.documents import read_inputs
+    from devloop.pipeline import find
+
+    stream = "apiVersion: devloop.dev/v1alpha1\nkind: Settings\napp: x\n---\nkind: Pod\n"
+    found = find(read_inputs(["-"], io.StringIO(stream)))
+    assert [doc.data["kind"] for doc in found.documents] == ["Pod"]
+    assert [doc.data["app"] for doc in found.settings] == ["x"]

@@ -66,20 +66,7 @@ class ManifestObject:
     where: str = ""
 
 
-@dataclass(frozen=True, order=True)
-class ObjectKey:
-    """The identity of an applied object; `namespace` is "" for cluster-scoped objects."""
-
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.kind}/{self.name}"
-
-    def ordering(self) -> tuple[int, ObjectKey]:
-        return rank(self.kind), self
+ObjectKey = Workload  # the identity of an applied object is the same four fields
 
 
 @dataclass(frozen=True)
@@ -111,7 +98,7 @@ class ApplyResult:
 
     def changed_workloads(self) -> list[Workload]:
         return [
-            Workload(o.key.api_version, o.key.kind, o.key.namespace, o.key.name)
+            o.key
             for o in self.outcomes
             if o.action in ("created", "configured") and o.key.kind in WORKLOAD_KINDS
         ]
@@ -436,7 +423,7 @@ def _prune(
 
 def _delete_all(cluster: Cluster, keys: Iterable[ObjectKey]) -> list[Outcome]:
     """Delete in reverse apply order (workloads before their Namespace); skip the already gone."""
-    ordered = sorted(keys, key=ObjectKey.ordering, reverse=True)
+    ordered = sorted(keys, key=lambda key: (rank(key.kind), key), reverse=True)
     return [o for o in (delete_object(cluster, k) for k in ordered) if o is not None]
 
 

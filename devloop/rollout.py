@@ -25,9 +25,10 @@ POLL_S = 0.25  # between two reads of the pending workloads, seconds (3 GETs eac
 MESSAGE_CHARS = 300  # a server message is cut to this many characters
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Workload:
-    """A workload object to wait for; `str()` gives ``Kind/name``."""
+    """An object's identity (a workload to wait for, an applied object); `str()` gives
+    ``Kind/name``; `namespace` is "" for cluster-scoped objects."""
 
     api_version: str
     kind: str

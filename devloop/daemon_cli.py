@@ -36,8 +36,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="PATH",
         help="a file or directory the render command reads; repeatable",
     )
-    up.add_argument("--context", help="kubeconfig context (default: the current one)")
-    up.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
     up.add_argument(
         "--build-concurrency",
         type=int,
@@ -80,8 +78,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Delete everything `devloop up` applied for the app.",
     )
     _common(down)
-    down.add_argument("--context", help="kubeconfig context")
-    down.add_argument("--kubeconfig", help="kubeconfig file")
     _add_target(down)
     down.set_defaults(run=_run_down)
 
@@ -106,6 +102,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--app", help="names the inventory (default: the directory name)")
     parser.add_argument("-n", "--namespace", help="namespace for objects that name none")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)"
+    )
 
 
 def flags_of(args: argparse.Namespace) -> dict[str, Any]:

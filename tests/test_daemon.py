@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 from kubernetes import client
 
 from devloop.building import Engine
-from tests.daemon_driver import Devloop
+from tests.daemon_driver import ROOT, Devloop
 from tests.fixtures.cluster import SCRIPT as LOCAL_CLUSTER
 from tests.fixtures.engine import BaseImages, Leftovers
 
@@ -381,3 +382,30 @@ def _group_members(pgid: int) -> list[int]:
             if int(stat[2]) == pgid and stat[0] != "Z":
                 members.append(int(entry.name))
     return members
+
+
+def test_down_deletes_what_up_applied_after_up_has_exited(
+    up: Any, app: App, cluster: Any, kube_api: client.ApiClient, namespace: str
+) -> None:
+    devloop = up()
+    first_deploy(devloop)
+    devloop.interrupt()
+    apps = client.AppsV1Api(kube_api)
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["web"]
+    args = ["down", "--app", "web", "-n", namespace, "--kubeconfig", str(cluster.kubeconfig)]
+    done = subprocess.run(
+        [sys.executable, "-m", "devloop.cli", *args],
+        cwd=app.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "deleted Deployment/web" in done.stdout
+    assert apps.list_namespaced_deployment(namespace).items == []
+    names = [
+        c.metadata.name
+        for c in client.CoreV1Api(kube_api).list_namespaced_config_map(namespace).items
+    ]
+    assert "extra" not in names and "devloop-inventory-web" not in names

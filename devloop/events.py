@@ -36,11 +36,8 @@ class Events:
         self._lock = threading.Lock()
         # Console output lines go through a LineWriter (colors, whole lines); in JSON mode it
         # only keeps the per-prefix log files under `tee_dir`.
-        self._lines = LineWriter(
-            self.stream if fmt == "console" else open(os.devnull, "w"),
-            color=self.color,
-            tee_dir=tee_dir,
-        )
+        self._discard = open(os.devnull, "w") if fmt == "json" else None
+        self._lines = LineWriter(self._discard or self.stream, color=self.color, tee_dir=tee_dir)
         renderer: Any = (
             structlog.processors.JSONRenderer(serializer=_dumps)
             if fmt == "json"
@@ -71,6 +68,8 @@ class Events:
 
     def close(self) -> None:
         self._lines.close()
+        if self._discard is not None:
+            self._discard.close()
 
 
 class Stopwatch:

@@ -22,6 +22,7 @@ from kubernetes import client
 
 from devloop.building import Engine
 from tests.daemon_driver import ROOT, Devloop
+from tests.engine_proxy import EngineProxy
 from tests.fixtures.cluster import SCRIPT as LOCAL_CLUSTER
 from tests.fixtures.engine import BaseImages, Leftovers
 
@@ -409,3 +410,27 @@ def test_down_deletes_what_up_applied_after_up_has_exited(
         for c in client.CoreV1Api(kube_api).list_namespaced_config_map(namespace).items
     ]
     assert "extra" not in names and "devloop-inventory-web" not in names
+
+
+def test_the_docker_engine_going_away_and_coming_back_is_recovered(
+    app: App, cluster: Any, namespace: str, kube_api: client.ApiClient, tmp_path: Path
+) -> None:
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    proxy.start()
+    args = ["--app", "web", "-n", namespace, "--kubeconfig", str(cluster.kubeconfig)]
+    devloop = Devloop(app.root, args, env={"DOCKER_HOST": proxy.docker_host})
+    try:
+        first_deploy(devloop)
+        proxy.stop()
+        mark = devloop.mark()
+        app.write("app/content.txt", "built once the engine is back\n")
+        failed = devloop.wait("build.failed", after=mark)
+        assert failed["retrying"] is True and "Docker engine" in failed["reason"]
+        proxy.start()
+        ref = devloop.wait("build.finished", after=mark)["ref"]
+        devloop.wait("rollout.finished", after=mark)
+        assert deployed_image(kube_api, namespace) == ref
+        assert len(devloop.named("build.failed", after=mark)) == 1, "the outage is said once"
+    finally:
+        devloop.stop()
+        proxy.stop()

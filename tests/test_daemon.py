@@ -434,3 +434,21 @@ def test_the_docker_engine_going_away_and_coming_back_is_recovered(
     finally:
         devloop.stop()
         proxy.stop()
+
+
+def test_a_rejected_manifest_shows_the_api_server_message_with_its_file_and_resource(
+    up: Any, app: App
+) -> None:
+    devloop = up()
+    first_deploy(devloop)
+    mark = devloop.mark()
+    bad = DEPLOYMENT.format(image=app.image).replace("name: web", "name: bad", 1)
+    app.write("config/bad.yml", bad.replace("replicas: 1", "replicas: -1"))
+    failed = devloop.wait("apply.failed", after=mark)
+    assert "config/bad.yml, document 1" in failed["reason"]
+    assert "Deployment/bad" in failed["reason"]
+    assert "greater than or equal to 0" in failed["reason"]
+    mark = devloop.mark()
+    (app.root / "config" / "bad.yml").unlink()
+    devloop.wait("apply.finished", after=mark)
+    assert devloop.proc.poll() is None

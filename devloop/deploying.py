@@ -21,9 +21,9 @@ import yaml
 from devloop.documents import read_inputs
 from devloop.errors import DevloopError, ManifestError
 from devloop.events import Events, Stopwatch
-from devloop.model import Resolved, Source
+from devloop.model import Config, Resolved, Source
 from devloop.pipeline import Found, find, rewrite
-from devloop.resolving import Resolver
+from devloop.resolving import ResolveOptions, Resolver
 from devloop.settings import Settings, from_document
 
 RENDER_TIMEOUT_S = 60.0
@@ -91,15 +91,13 @@ class Deployer:
     inventory: Any = None  # applying.Inventory of the last successful apply
     docker: Any = None  # a docker_target.DockerTarget: run containers instead of applying
     _cluster: Any = None
-    _resolved_cache: dict[str, Resolved] = field(default_factory=dict)
+    _resolved_cache: dict[str, Resolved] = field(default_factory=dict)  # tags and digests
+    _cache_config: Config | None = None  # the config `_resolved_cache` was resolved with
 
     async def deploy(self, loaded: Loaded, built: Mapping[str, Resolved]) -> None:
         watch = Stopwatch()
         self.events.emit("apply.started", app=self.settings.app_name, target=self.target_name)
-        resolver = Resolver(loaded.found.config, self.events)
-        prebuilt = {**self._resolved_cache, **built}
-        resolved = await resolver.resolve_all(loaded.found.urls, prebuilt=prebuilt)
-        self._resolved_cache.update({u: r for u, r in resolved.items() if u not in built})
+        resolved = await self._resolve(loaded, built)
         objects = _objects(loaded.found, resolved)
         if self.docker is not None:
             await self._run_containers(objects, watch)
@@ -110,6 +108,20 @@ class Deployer:
             self.events.line("resolve", f"final: {url} -> {resolved[url].url}")
         if self.docker is None:
             await self._wait(result)
+
+    async def _resolve(self, loaded: Loaded, built: Mapping[str, Resolved]) -> dict[str, Resolved]:
+        """Resolve with the lanes' images; other references are resolved once per config."""
+        config = loaded.found.config
+        if config != self._cache_config:
+            self._resolved_cache, self._cache_config = {}, config
+        resolver = Resolver(config, self.events, ResolveOptions(keep_unresolved_tags=True))
+        prebuilt = {**self._resolved_cache, **built}
+        resolved = await resolver.resolve_all(loaded.found.urls, prebuilt=prebuilt)
+        for url, why in resolver.unresolved.items():
+            self.events.emit("resolve.skipped", ref=url, reason=f"used as written: {why}")
+        kept = set(built) | set(resolver.unresolved)
+        self._resolved_cache.update({u: r for u, r in resolved.items() if u not in kept})
+        return resolved
 
     @property
     def target_name(self) -> str:

@@ -32,6 +32,9 @@ class ResolveOptions:
     build: bool = True  # --build=false makes a Source match an error
     concurrency: int = 4  # --build-concurrency: references processed at once
     registry: RegistryOptions | None = None  # None: defaults (https, verified)
+    # `devloop up` only: a tag the registry cannot resolve is used as written (and reported)
+    # rather than blocking the deploy, as Skaffold and Tilt leave images they do not build.
+    keep_unresolved_tags: bool = False
 
 
 class ResolveErrors(DevloopError):
@@ -51,9 +54,8 @@ class Resolver:
     config: Config
     out: LineSink
     options: ResolveOptions = ResolveOptions()
-    engine: Engine | None = (
-        None  # created on the first build, so digest-only runs never import docker
-    )
+    engine: Engine | None = None  # made at the first build: digest-only runs never import docker
+    unresolved: dict[str, str] = field(default_factory=dict)  # url -> why it was kept as written
     _registry: Registry | None = field(default=None, init=False)
 
     async def resolve_all(
@@ -85,6 +87,8 @@ class Resolver:
     async def resolve(
         self, url: str, limiter: anyio.CapacityLimiter, prebuilt: Mapping[str, Resolved]
     ) -> Resolved:
+        if url in prebuilt:  # keyed by the reference as found, like the daemon's lanes
+            return prebuilt[url]
         override = self.config.override_for(url)
         if override is not None:
             if override.preresolved:
@@ -92,8 +96,6 @@ class Resolver:
             url = override.new_image
         source = self.config.source_for(url)
         if source is not None:
-            if url in prebuilt:
-                return prebuilt[url]
             return await self._build(url, source, limiter)
         if is_digest(url):
             return Resolved(parse_reference(url).with_digest(url.rpartition("@")[2]))
@@ -120,7 +122,13 @@ class Resolver:
 
     async def _resolve_tag(self, url: str, limiter: anyio.CapacityLimiter) -> Resolved:
         registry = self._registry_client()
-        digest_url = await anyio.to_thread.run_sync(registry.resolve, url, limiter=limiter)
+        try:
+            digest_url = await anyio.to_thread.run_sync(registry.resolve, url, limiter=limiter)
+        except RegistryError as error:
+            if not self.options.keep_unresolved_tags:
+                raise
+            self.unresolved[url] = str(error)
+            return Resolved(url)
         tag = parse_reference(url).tag or DEFAULT_TAG
         return Resolved(digest_url, ({"resolved": {"tag": tag, "url": url}},))
 

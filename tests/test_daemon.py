@@ -25,6 +25,7 @@ from tests.daemon_driver import ROOT, Devloop
 from tests.engine_proxy import EngineProxy
 from tests.fixtures.cluster import SCRIPT as LOCAL_CLUSTER
 from tests.fixtures.engine import BaseImages, Leftovers
+from tests.fixtures.registry import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
@@ -452,3 +453,17 @@ def test_a_rejected_manifest_shows_the_api_server_message_with_its_file_and_reso
     (app.root / "config" / "bad.yml").unlink()
     devloop.wait("apply.finished", after=mark)
     assert devloop.proc.poll() is None
+
+
+def test_an_image_the_registry_cannot_resolve_is_deployed_as_written_and_reported(
+    up: Any, app: App, kube_api: client.ApiClient, namespace: str
+) -> None:
+    sidecar = f"127.0.0.1:{free_port()}/sidecar:1"  # nothing listens there
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: side}\nspec:\n  containers:\n"
+    app.write("config/side.yml", pod + f"    - name: side\n      image: {sidecar}\n")
+    devloop = up()
+    first_deploy(devloop)
+    skipped = devloop.wait("resolve.skipped")
+    assert skipped["ref"] == sidecar and "cannot reach registry" in skipped["reason"]
+    live = client.CoreV1Api(kube_api).read_namespaced_pod("side", namespace)
+    assert live.spec.containers[0].image == sidecar

@@ -116,7 +116,10 @@ class Deployer:
             self._resolved_cache, self._cache_config = {}, config
         resolver = Resolver(config, self.events, ResolveOptions(keep_unresolved_tags=True))
         prebuilt = {**self._resolved_cache, **built}
-        resolved = await resolver.resolve_all(loaded.found.urls, prebuilt=prebuilt)
+        try:
+            resolved = await resolver.resolve_all(loaded.found.urls, prebuilt=prebuilt)
+        finally:
+            resolver.close()
         for url, why in resolver.unresolved.items():
             self.events.emit("resolve.skipped", ref=url, reason=f"used as written: {why}")
         kept = set(built) | set(resolver.unresolved)

@@ -92,7 +92,10 @@ def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
         return 0
     out = LineWriter(stderr)
     resolver = Resolver(found.config, out, _options(args))
-    resolved = anyio.run(resolver.resolve_all, found.urls)
+    try:
+        resolved = anyio.run(resolver.resolve_all, found.urls)
+    finally:
+        resolver.close()
     # Locks first: a lock that cannot be written must fail the run before a piped consumer
     # (`| kapp deploy -f-`) has read any manifest.
     _write_locks(args, found.config, resolved)

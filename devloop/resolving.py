@@ -132,6 +132,12 @@ class Resolver:
         tag = parse_reference(url).tag or DEFAULT_TAG
         return Resolved(digest_url, ({"resolved": {"tag": tag, "url": url}},))
 
+    def close(self) -> None:
+        """Close the registry connections kept alive for this run."""
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
     def _registry_client(self) -> Registry:
         if self._registry is None:
             from devloop.registry import Registry, RegistryOptions

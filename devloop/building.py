@@ -99,6 +99,26 @@ class Engine:
         self._client: Any = None
         self._lock = threading.Lock()
         self._responses: dict[str, Any] = {}  # temp tag -> its build's streaming HTTP response
+        self._stage_images: dict[str, list[str]] = {}  # image -> its last build's stage ends
+
+    def replace_stage_images(self, image: str, stage_ends: list[str], steps: list[str]) -> None:
+        """Forget the previous build of `image`: remove the images its earlier stages ended in
+        when they are dangling and this build did not reuse them. A daemon that rebuilds on
+        every save would otherwise keep one builder-stage image (and its layers) per edit."""
+        with self._lock:
+            previous = self._stage_images.get(image, [])
+            self._stage_images[image] = list(stage_ends)
+        for image_id in previous:
+            if image_id not in steps:
+                self._remove_if_dangling(image_id)
+
+    def _remove_if_dangling(self, image_id: str) -> None:
+        try:
+            tags = self.api.inspect_image(image_id).get("RepoTags") or []
+            if not [tag for tag in tags if tag != "<none>:<none>"]:
+                self.api.remove_image(image_id, noprune=False)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            pass  # gone already, used by a container, or a parent of another image: keep it
 
     @property
     def host(self) -> str:
@@ -177,6 +197,7 @@ def build_image(
         image_id = build.run(_build_kwargs(source, tmp), cancelled or _never)
         result = BuildResult(image_id, stable_tag(image, image_id))
         engine.api.tag(image_id, result.tag)
+        engine.replace_stage_images(image, build.stage_images(), build.step_images)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
         raise build.failed(e) from e
     finally:
@@ -232,6 +253,10 @@ def build_args(options: DockerBuild, where: str = "") -> dict[str, str]:
     return args
 
 
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+_FROM_STEP = re.compile(r"^Step \d+/\d+ : FROM ", re.IGNORECASE)
+
+
 class _Build:
     """One build's output: lines to `out`, the last ones kept for the error message."""
 
@@ -241,6 +266,8 @@ class _Build:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.image_id: str | None = None
         self.error: str | None = None
+        self.step_images: list[str] = []  # " ---> <id>" of every step, in order
+        self._stage_ends: list[str] = []  # the last step image of each stage but the final one
 
     def run(self, kwargs: Mapping[str, Any], cancelled: Callable[[], bool]) -> str:
         tag = kwargs["tag"]
@@ -265,8 +292,19 @@ class _Build:
         else:
             self.emit(_status_lines(item))
 
+    def _note_step(self, text: str) -> None:
+        """Remember step images; a FROM step closes the previous stage at its last image."""
+        if _FROM_STEP.match(text) and self.step_images:
+            self._stage_ends.append(self.step_images[-1])
+        elif match := _STEP_IMAGE.match(text):
+            self.step_images.append(match.group(1))
+
+    def stage_images(self) -> list[str]:
+        return list(self._stage_ends)
+
     def emit(self, lines: list[str]) -> None:
         for text in lines:
+            self._note_step(text)
             self.out.line(self.image, text)
             self.tail.append(f"{self.image} | {text}")
 

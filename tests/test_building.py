@@ -129,6 +129,37 @@ def test_rebuilding_the_same_content_gives_the_same_tag(
     assert first == second
 
 
+def test_a_rebuild_removes_the_builder_stage_image_the_previous_build_left_dangling(
+    engine: Engine, leftovers: Leftovers, base_images: BaseImages, make_context: MakeContext
+) -> None:
+    dockerfile = (
+        f"FROM {base_images.busybox} AS builder\nCOPY f /f\nRUN cp /f /out\n"
+        "FROM scratch\nCOPY --from=builder /out /out\n"
+    )
+    builds = []
+    for content in ("first", "second"):
+        out = Lines()
+        context = make_context(f"ctx-{content}", dockerfile, {"f": f"{leftovers.token} {content}"})
+        build_image(engine, source(context), leftovers.image, out)
+        builds.append(out.texts())
+    first_leaf, second_leaf = (_stage_leaf(texts) for texts in builds)
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine.api.inspect_image(first_leaf)
+    assert engine.api.inspect_image(second_leaf)["Id"], "the newest build keeps its cache"
+    assert engine.api.inspect_image(base_images.busybox)["RepoTags"], "tagged bases are kept"
+
+
+def _stage_leaf(texts: list[str]) -> str:
+    """The last step image before the second FROM: the builder stage's result."""
+    ids, leaf = [], ""
+    for text in texts:
+        if text.startswith("Step ") and " : FROM scratch" in text:
+            leaf = ids[-1]
+        elif re.fullmatch(r" ---> [0-9a-f]{12}", text):
+            ids.append(text.split()[-1])
+    return leaf
+
+
 def test_dockerignored_files_are_not_sent_to_the_engine(
     engine: Engine, leftovers: Leftovers, make_context: MakeContext
 ) -> None:

@@ -3,9 +3,10 @@
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+
+from tests.procs import describe, live_processes
 
 pytest_plugins = [
     "tests.fixtures.engine",
@@ -27,30 +28,9 @@ def no_leaked_processes() -> Iterator[None]:
 
     Session services (registries, the cluster) start before this fixture and are not counted.
     """
-    before = _children()
+    before = live_processes(ppid=os.getpid())
     yield
     deadline = time.monotonic() + LEAK_GRACE_S
-    while (leaked := _children() - before) and time.monotonic() < deadline:
+    while (leaked := live_processes(ppid=os.getpid()) - before) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not leaked, f"the test left processes running: {sorted(_describe(p) for p in leaked)}"
-
-
-def _children() -> set[int]:
-    me, found = os.getpid(), set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == me and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
-
-
-def _describe(pid: int) -> str:
-    try:
-        return f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return str(pid)
+    assert not leaked, f"the test left processes running: {sorted(describe(p) for p in leaked)}"

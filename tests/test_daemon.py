@@ -26,6 +26,7 @@ from tests.engine_proxy import EngineProxy
 from tests.fixtures.cluster import SCRIPT as LOCAL_CLUSTER
 from tests.fixtures.engine import BaseImages, Leftovers
 from tests.fixtures.registry import free_port
+from tests.procs import live_processes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
@@ -278,7 +279,7 @@ def test_ctrl_c_stops_a_running_build_and_exits_in_time_leaving_nothing(up: Any,
     seconds = devloop.interrupt()
     assert seconds < 3, devloop.transcript()
     assert devloop.proc.returncode == 0
-    assert _group_members(devloop.proc.pid) == []
+    assert live_processes(pgrp=devloop.proc.pid) == set()
     # the `leftovers` fixture then fails the test if a temporary tag or build container is left
 
 
@@ -371,19 +372,6 @@ def _start_component(state: Path, name: str, record: dict[str, Any]) -> None:
         )
     record = {**record, "pid": process.pid}
     (state / "run" / f"{name}.json").write_text(json.dumps(record) + "\n")
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[2]) == pgid and stat[0] != "Z":
-                members.append(int(entry.name))
-    return members
 
 
 def test_down_deletes_what_up_applied_after_up_has_exited(

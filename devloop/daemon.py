@@ -160,12 +160,9 @@ class Controller:
         )
         if changes.config or changes.manifests:
             await self.reload("changed: " + _listing({*changes.config, *changes.manifests}))
-        for key, files in images.items():
-            for lane in self._lanes_for(key):
+        for key, files in images.items():  # the watch set is keyed by the lanes' references
+            if (lane := self.lanes.get(key)) is not None:
                 lane.request("changed: " + _listing(files))
-
-    def _lanes_for(self, key: str) -> list[Lane]:
-        return [lane for lane in self.lanes.values() if key in (lane.url, lane.source.path)]
 
     async def lane_done(self, lane: Lane) -> None:
         """A lane went idle: deploy if its image differs from the deployed one, else only wake

@@ -37,7 +37,7 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devloop.watching import inotify_watch_count  # noqa: E402
+from devloop.loop.watching import inotify_watch_count  # noqa: E402
 from tests.daemon_driver import Devloop, Event  # noqa: E402
 
 GREETING = '"Hello %s!\\n"'  # the literal in sample-app-go/main.go that each edit rewrites

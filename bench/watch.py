@@ -23,10 +23,10 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devloop import inputs
-from devloop.model import ImageRef, Source
-from devloop.watching import _ReadyProbe, inotify_watch_count, watcher
-from devloop.watchset import Changes, WatchSet, watch_roots, watch_set
+from devloop.kbld.model import ImageRef, Source
+from devloop.loop import inputs
+from devloop.loop.watching import _ReadyProbe, inotify_watch_count, watcher
+from devloop.loop.watchset import Changes, WatchSet, watch_roots, watch_set
 
 FILES_PER_DIR = 20
 

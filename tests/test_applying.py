@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from devloop.applying import (
+from devloop.errors import ApplyError, ClusterUnavailable, InputError, RolloutError
+from devloop.targets.kubernetes.applying import (
     APP_LABEL,
     HASH_ANNOTATION,
     Cluster,
@@ -30,8 +31,7 @@ from devloop.applying import (
     read_inventory,
     write_inventory,
 )
-from devloop.errors import ApplyError, ClusterUnavailable, InputError, RolloutError
-from devloop.rollout import Workload, wait_for_rollouts
+from devloop.targets.kubernetes.rollout import Workload, wait_for_rollouts
 from tests.fixtures.cluster import wait_until
 
 

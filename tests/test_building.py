@@ -14,8 +14,9 @@ import anyio.to_thread
 import docker.errors
 import pytest
 
-from devloop import building, resolving
-from devloop.building import (
+from devloop.errors import AuthError, BuildCancelled, BuildError, ConfigError, EngineUnavailable
+from devloop.kbld import building, resolving
+from devloop.kbld.building import (
     BuildResult,
     Engine,
     build_image,
@@ -24,9 +25,8 @@ from devloop.building import (
     temp_tag,
     trim_str,
 )
-from devloop.errors import AuthError, BuildCancelled, BuildError, ConfigError, EngineUnavailable
+from devloop.kbld.model import DockerBuild, ImageRef, Source
 from devloop.logs import LineWriter
-from devloop.model import DockerBuild, ImageRef, Source
 from tests.fixtures.engine import BaseImages, Leftovers
 from tests.fixtures.registry import RunningRegistry
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import devloop
-from devloop.building import Engine, clean_str, trim_str
+from devloop.kbld.building import Engine, clean_str, trim_str
 from tests.fixtures.engine import (
     ROOT,
     BaseImages,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from devloop.config import KBLD_COMPAT_VERSION, check_source_path, load_config
-from devloop.documents import Document, split_documents
 from devloop.errors import ConfigError
-from devloop.model import (
+from devloop.kbld.config import KBLD_COMPAT_VERSION, check_source_path, load_config
+from devloop.kbld.documents import Document, split_documents
+from devloop.kbld.model import (
     AllIndexes,
     Config,
     Destination,

@@ -21,9 +21,9 @@ from typing import Any
 import docker
 import pytest
 
-from devloop import containers
-from devloop.docker_plan import ContainerSpec, Port, network_name
 from devloop.errors import DevloopError, EngineUnavailable
+from devloop.targets.docker import containers
+from devloop.targets.docker.plan import ContainerSpec, Port, network_name
 
 pytestmark = pytest.mark.docker
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from devloop.building import Engine
+from devloop.kbld.building import Engine
 from tests.daemon_driver import ROOT, Devloop
 from tests.engine_proxy import EngineProxy
 from tests.fixtures.cluster import SCRIPT as LOCAL_CLUSTER

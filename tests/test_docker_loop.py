@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from devloop.building import Engine
+from devloop.kbld.building import Engine
 from tests.daemon_driver import Devloop
 from tests.fixtures.engine import BaseImages, Leftovers
 from tests.fixtures.registry import free_port

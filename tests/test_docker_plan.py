@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from devloop.docker_plan import Port, Probe, plan_containers
 from devloop.errors import InputError
+from devloop.targets.docker.plan import Port, Probe, plan_containers
 
 # --- manifests --------------------------------------------------------------------------------
 

@@ -13,9 +13,9 @@ import anyio.to_thread
 import docker
 import pytest
 
-from devloop import containers
-from devloop.docker_target import DockerTarget, Timing, docker_target
 from devloop.errors import RolloutError
+from devloop.targets.docker import containers
+from devloop.targets.docker.target import DockerTarget, Timing, docker_target
 from tests.test_containers import busybox_image, fetch, free_port, fresh_app
 from tests.test_docker_plan import HTTP, config_map, container, deployment, secret, service
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devloop.dockerignore import BadPattern, Matcher, compile_pattern, load, parse
 from devloop.errors import InputError
+from devloop.loop.dockerignore import BadPattern, Matcher, compile_pattern, load, parse
 
 # (pattern, path, matches the path itself, matches it or a parent): moby's TestMatches table.
 MOBY_CASES = [

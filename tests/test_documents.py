@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devloop.documents import read_inputs, split_documents
 from devloop.errors import ManifestError
+from devloop.kbld.documents import read_inputs, split_documents
 
 
 def read_text(text: str) -> list:  # type: ignore[type-arg]

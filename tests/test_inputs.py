@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from devloop import inputs
 from devloop.errors import InputError
-from devloop.inputs import context_files, input_digest
-from devloop.model import DockerBuild, ImageRef, Source
+from devloop.kbld.model import DockerBuild, ImageRef, Source
+from devloop.loop import inputs
+from devloop.loop.inputs import context_files, input_digest
 
 AN_HOUR_AGO = 3600
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from devloop.cli import main
-from devloop.documents import read_inputs
 from devloop.errors import ManifestError
-from devloop.inspecting import describe_resource, image_rows, inspect
-from devloop.pipeline import find
+from devloop.kbld.documents import read_inputs
+from devloop.kbld.inspecting import describe_resource, image_rows, inspect
+from devloop.kbld.pipeline import find
 
 NGINX = "index.docker.io/library/nginx@sha256:" + "a" * 64
 CURRENT = f"""\

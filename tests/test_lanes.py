@@ -18,8 +18,8 @@ import pytest
 
 from devloop.errors import BuildError, EngineUnavailable
 from devloop.events import Events
-from devloop.lanes import Lane, LaneRunner
-from devloop.model import ImageRef, Resolved, Source
+from devloop.kbld.model import ImageRef, Resolved, Source
+from devloop.loop.lanes import Lane, LaneRunner
 
 pytestmark = pytest.mark.anyio
 SOURCE = Source(ImageRef(image="app"), path="app")

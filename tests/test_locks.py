@@ -9,11 +9,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devloop.config import KBLD_COMPAT_VERSION, load_config
-from devloop.documents import read_inputs, split_documents
-from devloop.locks import imgpkg_lock, kbld_lock, rule_to_yaml
-from devloop.logs import LineWriter
-from devloop.model import (
+from devloop.kbld.config import KBLD_COMPAT_VERSION, load_config
+from devloop.kbld.documents import read_inputs, split_documents
+from devloop.kbld.locks import imgpkg_lock, kbld_lock, rule_to_yaml
+from devloop.kbld.model import (
     AllIndexes,
     Config,
     KeyMatcher,
@@ -21,8 +20,9 @@ from devloop.model import (
     SearchRule,
     ValueMatcher,
 )
-from devloop.pipeline import find, rewrite
-from devloop.resolving import Resolver
+from devloop.kbld.pipeline import find, rewrite
+from devloop.kbld.resolving import Resolver
+from devloop.logs import LineWriter
 
 DIGEST = "sha256:" + "4f" * 32
 MANIFESTS = f"""\

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devloop.origins import NO_COMMITS, UNKNOWN_REMOTE, local_and_git_origins, redact_url
+from devloop.kbld.origins import NO_COMMITS, UNKNOWN_REMOTE, local_and_git_origins, redact_url
 
 
 def git(repo: Path, *args: str) -> str:

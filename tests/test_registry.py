@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from devloop.credentials import Keychain, parse_challenge
 from devloop.errors import AuthError, InputError, RegistryError, RegistryUnavailable
-from devloop.registry import MANIFEST_TYPES, Registry, RegistryOptions
+from devloop.kbld.credentials import Keychain, parse_challenge
+from devloop.kbld.registry import MANIFEST_TYPES, Registry, RegistryOptions
 from tests.fixtures.registry import PushImage, RunningRegistry, basic_auth, free_port
 
 pytestmark = pytest.mark.registry

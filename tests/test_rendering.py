@@ -11,10 +11,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devloop.documents import Document, read_inputs
-from devloop.model import DEFAULT_RULE, IMAGES_ANNOTATION, KeyMatcher, Resolved, SearchRule
-from devloop.rendering import origins_yaml, render, render_stream
-from devloop.searching import find_sites
+from devloop.kbld.documents import Document, read_inputs
+from devloop.kbld.model import DEFAULT_RULE, IMAGES_ANNOTATION, KeyMatcher, Resolved, SearchRule
+from devloop.kbld.rendering import origins_yaml, render, render_stream
+from devloop.kbld.searching import find_sites
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 

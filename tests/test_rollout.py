@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devloop.errors import RolloutError
-from devloop.rollout import (
+from devloop.targets.kubernetes.rollout import (
     Status,
     Workload,
     pod_failure,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devloop.building import BuildResult, Engine, build_image
-from devloop.model import ImageRef, Source
+from devloop.kbld.building import BuildResult, Engine, build_image
+from devloop.kbld.model import ImageRef, Source
 from tests.fixtures.engine import ROOT, BaseImages, Leftovers
 
 APP = ROOT / "sample-app-go"

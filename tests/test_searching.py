@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from devloop.documents import Document, read_inputs
-from devloop.model import (
+from devloop.kbld.documents import Document, read_inputs
+from devloop.kbld.model import (
     DEFAULT_RULE,
     AllIndexes,
     Config,
@@ -13,7 +13,7 @@ from devloop.model import (
     SearchRule,
     ValueMatcher,
 )
-from devloop.searching import ImageSite, Inner, find_images, find_sites
+from devloop.kbld.searching import ImageSite, Inner, find_images, find_sites
 
 
 def doc(text: str) -> Document:

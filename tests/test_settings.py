@@ -61,8 +61,8 @@ def test_auto_target_is_docker_without_any_kubeconfig_and_kubernetes_with_one(
 def test_resolve_never_outputs_a_settings_document() -> None:
     import io
 
-    from devloop.documents import read_inputs
-    from devloop.pipeline import find
+    from devloop.kbld.documents import read_inputs
+    from devloop.kbld.pipeline import find
 
     stream = "apiVersion: devloop.dev/v1alpha1\nkind: Settings\napp: x\n---\nkind: Pod\n"
     found = find(read_inputs(["-"], io.StringIO(stream)))

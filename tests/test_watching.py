@@ -11,9 +11,9 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from devloop.model import DockerBuild, ImageRef, Source
-from devloop.watching import Debouncer, watcher
-from devloop.watchset import Changes, WatchSet, is_ignored_path, watch_roots, watch_set
+from devloop.kbld.model import DockerBuild, ImageRef, Source
+from devloop.loop.watching import Debouncer, watcher
+from devloop.loop.watchset import Changes, WatchSet, is_ignored_path, watch_roots, watch_set
 
 pytestmark = pytest.mark.timeout(30)
 BATCH_TIMEOUT_S = 10.0  # generous: a loaded CI machine, never part of the behaviour under test

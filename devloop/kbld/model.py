@@ -28,7 +28,7 @@ class ImageRef:
     image_repo: str | None = None
 
     def matches(self, url: str) -> bool:
-        from devloop.references import repo_of
+        from devloop.kbld.references import repo_of
 
         if self.image is not None and self.image == url:
             return True

@@ -20,12 +20,12 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from devloop.deploying import Deployer, Loaded, load, source_urls
 from devloop.errors import ClusterUnavailable, DevloopError, RolloutError
 from devloop.events import Events
-from devloop.lanes import Lane, LaneRunner
-from devloop.model import Resolved, Source
-from devloop.resolving import build_source
+from devloop.kbld.model import Resolved, Source
+from devloop.kbld.resolving import build_source
+from devloop.loop.deploying import Deployer, Loaded, load, source_urls
+from devloop.loop.lanes import Lane, LaneRunner
 from devloop.settings import Settings, settle
 
 SHUTDOWN_GRACE_S = 2.5  # Ctrl-C to exit must stay under 3 s
@@ -70,7 +70,7 @@ class Controller:
 
     async def _run_on_docker(self) -> None:
         """The local Docker target: containers instead of a cluster, removed on exit."""
-        from devloop.docker_target import docker_target
+        from devloop.targets.docker.target import docker_target
 
         if self.settings.target == "auto":
             self.events.emit("target.selected", target="docker", reason=NO_CLUSTER)
@@ -86,7 +86,7 @@ class Controller:
                         await target.cleanup(app)
 
     def _make_runner(self) -> LaneRunner:
-        from devloop.inputs import input_digest
+        from devloop.loop.inputs import input_digest
 
         limiter = anyio.CapacityLimiter(self.settings.build_concurrency)
         return LaneRunner(self._build, input_digest, self.events, limiter, self.lane_done)
@@ -95,7 +95,7 @@ class Controller:
         """Build one lane's image in a worker thread (the lane runner calls this)."""
         assert self.loaded is not None
         if self._engine is None:
-            from devloop.building import Engine
+            from devloop.kbld.building import Engine
 
             self._engine = Engine()
         return build_source(
@@ -109,7 +109,7 @@ class Controller:
         )
 
     def _registry(self) -> Any:
-        from devloop.registry import Registry, RegistryOptions
+        from devloop.kbld.registry import Registry, RegistryOptions
 
         return Registry(RegistryOptions())
 
@@ -231,7 +231,7 @@ class Controller:
     # -- watching ---------------------------------------------------------------------------
     async def watcher_task(self) -> None:
         """Run the watcher; restart it when the set of watched things changes."""
-        from devloop.watchset import Changes
+        from devloop.loop.watchset import Changes
 
         send, receive = anyio.create_memory_object_stream[Changes](1)
         async with send, anyio.create_task_group() as tg:
@@ -240,7 +240,7 @@ class Controller:
                 await self._watch_until_changed(send.clone())
 
     async def _watch_until_changed(self, send: Any) -> None:
-        from devloop.watching import watcher
+        from devloop.loop.watching import watcher
 
         self.watch_changed = anyio.Event()
         watchset = self._watch_set()
@@ -265,7 +265,7 @@ class Controller:
                 await self.on_changes(changes)
 
     def _watch_set(self) -> Any:
-        from devloop.watchset import watch_set
+        from devloop.loop.watchset import watch_set
 
         sources, manifests, render_inputs = self._watch_inputs()
         self._watched = self._watch_key()
@@ -323,7 +323,7 @@ async def run(flags: dict[str, Any]) -> int:
 
 
 async def _cleanup(controller: Controller) -> None:
-    from devloop import applying
+    from devloop.targets.kubernetes import applying
 
     with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
         cluster = await controller.deployer.cluster()
@@ -340,12 +340,12 @@ def down(flags: dict[str, Any]) -> int:
     """`devloop down`: delete everything `devloop up` applied (or started) for the app."""
     settings = initial_settings(flags)
     if settings.resolved_target() == "docker":
-        from devloop import containers
+        from devloop.targets.docker import containers
 
         containers.remove_app(settings.app_name, timeout=5)
         print(f"removed the containers and network of app {settings.app_name}")
         return 0
-    from devloop import applying
+    from devloop.targets.kubernetes import applying
 
     cluster = applying.Cluster(settings.kubeconfig, settings.context)
     deleted = applying.delete_app(cluster, settings.app_name, settings.namespace)

@@ -13,7 +13,7 @@ import os
 import subprocess
 from urllib.parse import urlsplit, urlunsplit
 
-from devloop.model import Origin
+from devloop.kbld.model import Origin
 
 NO_COMMITS = "<no commits>"
 UNKNOWN_REMOTE = "<unknown>"

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devloop import dockerignore, inputs
 from devloop.errors import InputError
-from devloop.model import Source
+from devloop.kbld.model import Source
+from devloop.loop import dockerignore, inputs
 
 MANIFEST_SUFFIXES = (".yml", ".yaml", ".json")  # what a manifest directory's loader reads
 

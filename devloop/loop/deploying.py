@@ -18,12 +18,12 @@ import anyio
 import anyio.to_thread
 import yaml
 
-from devloop.documents import read_inputs
 from devloop.errors import DevloopError, ManifestError
 from devloop.events import Events, Stopwatch
-from devloop.model import Config, Resolved, Source
-from devloop.pipeline import Found, find, rewrite
-from devloop.resolving import ResolveOptions, Resolver
+from devloop.kbld.documents import read_inputs
+from devloop.kbld.model import Config, Resolved, Source
+from devloop.kbld.pipeline import Found, find, rewrite
+from devloop.kbld.resolving import ResolveOptions, Resolver
 from devloop.settings import Settings, from_document
 
 RENDER_TIMEOUT_S = 60.0
@@ -138,7 +138,7 @@ class Deployer:
         self.events.emit("rollout.finished", seconds=watch.seconds, target="docker")
 
     async def _apply(self, objects: list[Any]) -> Any:
-        from devloop import applying
+        from devloop.targets.kubernetes import applying
 
         cluster = await self.cluster()
         with anyio.fail_after(APPLY_TIMEOUT_S):
@@ -155,7 +155,7 @@ class Deployer:
         return result
 
     async def _wait(self, result: Any) -> None:
-        from devloop import rollout
+        from devloop.targets.kubernetes import rollout
 
         workloads = result.changed_workloads()
         if not workloads:
@@ -175,7 +175,7 @@ class Deployer:
 
     async def cluster(self) -> Any:
         if self._cluster is None:
-            from devloop import applying
+            from devloop.targets.kubernetes import applying
 
             self._cluster = await anyio.to_thread.run_sync(
                 lambda: applying.Cluster(self.settings.kubeconfig, self.settings.context)
@@ -185,7 +185,7 @@ class Deployer:
 
 def _objects(found: Found, resolved: Mapping[str, Resolved]) -> list[Any]:
     """The rendered documents as ManifestObjects (data plus where), skipping empty ones."""
-    from devloop.applying import ManifestObject
+    from devloop.targets.kubernetes.applying import ManifestObject
 
     text = rewrite(found, resolved, annotate=True)
     rendered = [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d]

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devloop import dockerignore
 from devloop.errors import InputError
-from devloop.model import Source
+from devloop.kbld.model import Source
+from devloop.loop import dockerignore
 
 DIGEST_VERSION = b"devloop-inputs/1\n"
 # A file modified this recently may change again within the filesystem's timestamp granularity

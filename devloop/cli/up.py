@@ -137,12 +137,12 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
 def _run_up(args: argparse.Namespace) -> int:
     import anyio
 
-    from devloop.daemon import run
+    from devloop.loop.daemon import run
 
     return anyio.run(run, flags_of(args))
 
 
 def _run_down(args: argparse.Namespace) -> int:
-    from devloop.daemon import down
+    from devloop.loop.daemon import down
 
     return down(flags_of(args))

@@ -21,7 +21,8 @@ import docker
 import docker.errors
 import requests
 
-from devloop.docker_plan import (
+from devloop.errors import DevloopError, EngineUnavailable
+from devloop.targets.docker.plan import (
     APP_LABEL,
     CONTAINER_LABEL,
     HASH_LABEL,
@@ -29,7 +30,6 @@ from devloop.docker_plan import (
     ContainerSpec,
     network_name,
 )
-from devloop.errors import DevloopError, EngineUnavailable
 
 ENGINE_TIMEOUT_S = 30  # seconds per engine HTTP call; the SDK adds the stop timeout to `stop`
 EXPLANATION_CHARS = 300  # engine error bodies are trimmed to this

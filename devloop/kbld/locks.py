@@ -13,13 +13,13 @@ from typing import Any
 
 import yaml
 
-from devloop.config import (
+from devloop.kbld.config import (
     IMAGES_LOCK_KIND,
     KBLD_COMPAT_VERSION,
     LOCK_ID_ANNOTATION,
     LOCK_ORIGINS_ANNOTATION,
 )
-from devloop.model import (
+from devloop.kbld.model import (
     IMGPKG_API_VERSION,
     KBLD_API_VERSION,
     AllIndexes,

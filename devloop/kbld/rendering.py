@@ -23,10 +23,10 @@ from typing import Any
 import yaml
 import yaml.resolver
 
-from devloop.documents import Document
 from devloop.errors import ManifestError
-from devloop.model import IMAGES_ANNOTATION, Resolved
-from devloop.searching import STR_TAG, ImageSite, Inner, decode
+from devloop.kbld.documents import Document
+from devloop.kbld.model import IMAGES_ANNOTATION, Resolved
+from devloop.kbld.searching import STR_TAG, ImageSite, Inner, decode
 
 Edit = tuple[int, int, str]  # replace text[start:end] with the string
 # Characters an image reference needs; with a safe first character and no trailing ':' such a

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devloop.errors import ApplyError, ClusterUnavailable, InputError
-from devloop.rollout import WORKLOAD_KINDS, Workload
+from devloop.targets.kubernetes.rollout import WORKLOAD_KINDS, Workload
 
 APP_LABEL = "devloop.dev/app"
 INVENTORY_LABEL = "devloop.dev/inventory"  # not APP_LABEL: pruning must never see the inventory

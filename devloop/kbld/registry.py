@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from devloop.credentials import Credentials, Keychain, parse_challenge
 from devloop.errors import AuthError, InputError, RegistryError, RegistryUnavailable
-from devloop.references import Reference, parse_reference
+from devloop.kbld.credentials import Credentials, Keychain, parse_challenge
+from devloop.kbld.references import Reference, parse_reference
 
 MANIFEST_TYPES = ", ".join(
     (

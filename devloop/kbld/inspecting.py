@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from devloop.documents import Document
 from devloop.errors import ManifestError
-from devloop.locks import dump_yaml
-from devloop.model import IMAGES_ANNOTATION, Config
-from devloop.searching import find_sites
+from devloop.kbld.documents import Document
+from devloop.kbld.locks import dump_yaml
+from devloop.kbld.model import IMAGES_ANNOTATION, Config
+from devloop.kbld.searching import find_sites
 
 _HEADERS = ("Image", "Metadata", "Resource")
 

@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from devloop.errors import DevloopError
 from devloop.events import Events, Stopwatch
-from devloop.model import Resolved, Source
+from devloop.kbld.model import Resolved, Source
 
 # Builds one image in a worker thread; the Event is set when the build must stop.
 BuildFn = Callable[[str, Source, threading.Event], Resolved]

@@ -30,7 +30,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from devloop.errors import PermanentError
-from devloop.watchset import Changes, WatchSet, watch_roots
+from devloop.loop.watchset import Changes, WatchSet, watch_roots
 
 DEFAULT_QUIET_S = 0.1  # quiet period after the last event, seconds (--debounce-ms)
 DEFAULT_MAX_WAIT_S = 2.0  # cap from the first event of a burst, seconds (--max-wait-ms)

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar, get_args
 import yaml
 
 from devloop.errors import ConfigError
-from devloop.model import (
+from devloop.kbld.model import (
     IMGPKG_API_VERSION,
     KBLD_API_VERSION,
     KBLD_KINDS,
@@ -37,7 +37,7 @@ from devloop.model import (
     Strategy,
     ValueMatcher,
 )
-from devloop.schema import Reader, join, kind_of
+from devloop.kbld.schema import Reader, join, kind_of
 
 # The kbld release whose config and output formats devloop implements. `minimumRequiredVersion`
 # is compared with this (not with devloop's own version), and lock files carry it.
@@ -68,7 +68,7 @@ _SEMVER = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:-([0-9A-Za-z.-]+))?(?:\+
 
 
 class ConfigDocument(Protocol):
-    """What the loader needs of a document (`devloop.documents.Document` has it)."""
+    """What the loader needs of a document (`devloop.kbld.documents.Document` has it)."""
 
     @property
     def data(self) -> Any: ...

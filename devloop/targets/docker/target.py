@@ -26,9 +26,9 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
-from devloop import containers
-from devloop.docker_plan import ContainerSpec, Probe, plan_containers
 from devloop.errors import DevloopError, RolloutError
+from devloop.targets.docker import containers
+from devloop.targets.docker.plan import ContainerSpec, Probe, plan_containers
 
 T = TypeVar("T")
 OnLine = Callable[[str, str], None]

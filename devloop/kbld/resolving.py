@@ -18,13 +18,13 @@ import anyio.from_thread
 import anyio.to_thread
 
 from devloop.errors import DevloopError, PermanentError, RegistryError
-from devloop.model import Config, Origin, Override, Resolved, Source
-from devloop.references import DEFAULT_TAG, is_digest, parse_reference, repo_of
+from devloop.kbld.model import Config, Origin, Override, Resolved, Source
+from devloop.kbld.references import DEFAULT_TAG, is_digest, parse_reference, repo_of
 
 if TYPE_CHECKING:
-    from devloop.building import Engine
+    from devloop.kbld.building import Engine
+    from devloop.kbld.registry import Registry, RegistryOptions
     from devloop.logs import LineSink
-    from devloop.registry import Registry, RegistryOptions
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class Resolver:
     def build_sync(self, url: str, source: Source) -> Resolved:
         """Build (and push, tag) one Source in a worker thread; see `build_source`."""
         if self.engine is None:
-            from devloop.building import Engine
+            from devloop.kbld.building import Engine
 
             self.engine = Engine()
         return build_source(
@@ -140,7 +140,7 @@ class Resolver:
 
     def _registry_client(self) -> Registry:
         if self._registry is None:
-            from devloop.registry import Registry, RegistryOptions
+            from devloop.kbld.registry import Registry, RegistryOptions
 
             self._registry = Registry(self.options.registry or RegistryOptions())
         return self._registry
@@ -156,9 +156,9 @@ def build_source(
     cancelled: Callable[[], bool] | None = None,
 ) -> Resolved:
     """Build `source` for `url`; push to its Destination and add its tags when one matches."""
-    from devloop.building import build_image, push_image
-    from devloop.config import check_source_path
-    from devloop.origins import local_and_git_origins
+    from devloop.kbld.building import build_image, push_image
+    from devloop.kbld.config import check_source_path
+    from devloop.kbld.origins import local_and_git_origins
 
     check_source_path(source)
     origins: list[Origin] = list(local_and_git_origins(source.path))

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_daemon_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     try:
-        from devloop.daemon_cli import add_parsers
+        from devloop.cli.up import add_parsers
     except ImportError:  # the daemon is optional while it is being built
         return
     add_parsers(sub)
@@ -151,13 +151,13 @@ def _print(text: str) -> int:
 
 
 def _run_resolve(args: argparse.Namespace) -> int:
-    from devloop.pipeline import resolve_command
+    from devloop.kbld.pipeline import resolve_command
 
     return resolve_command(args, sys.stdin, sys.stdout, sys.stderr)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from devloop.pipeline import inspect_command
+    from devloop.kbld.pipeline import inspect_command
 
     return inspect_command(args, sys.stdin, sys.stdout)
 

@@ -17,9 +17,9 @@ from typing import Any, Generic, Literal, TypeVar
 
 import yaml
 
-from devloop.documents import Document
-from devloop.model import AllIndexes, KeyMatcher, PathPart, SearchRule, ValueMatcher
-from devloop.references import repo_of
+from devloop.kbld.documents import Document
+from devloop.kbld.model import AllIndexes, KeyMatcher, PathPart, SearchRule, ValueMatcher
+from devloop.kbld.references import repo_of
 
 STR_TAG = "tag:yaml.org,2002:str"
 Key = str | int

@@ -44,8 +44,8 @@ from devloop.errors import (
     RegistryError,
     RegistryUnavailable,
 )
+from devloop.kbld.model import DockerBuild, Source
 from devloop.logs import LineSink, LineSplitter
-from devloop.model import DockerBuild, Source
 
 # Must match kbld: users and tools parse these (e.g. clean-ups of `kbld:` images).
 TAG_REPO = "kbld"

@@ -15,15 +15,15 @@ from typing import TextIO
 
 import anyio
 
-from devloop.config import load_config
-from devloop.documents import Document, read_inputs
 from devloop.errors import DevloopError, ImageReferenceError
+from devloop.kbld.config import load_config
+from devloop.kbld.documents import Document, read_inputs
+from devloop.kbld.model import Config, Resolved
+from devloop.kbld.references import is_digest, parse_reference
+from devloop.kbld.rendering import render, render_stream
+from devloop.kbld.resolving import ResolveOptions, Resolver
+from devloop.kbld.searching import ImageSite, find_sites
 from devloop.logs import LineWriter
-from devloop.model import Config, Resolved
-from devloop.references import is_digest, parse_reference
-from devloop.rendering import render, render_stream
-from devloop.resolving import ResolveOptions, Resolver
-from devloop.searching import ImageSite, find_sites
 from devloop.settings import is_settings_document
 
 
@@ -107,7 +107,7 @@ def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
 
 
 def inspect_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    from devloop.inspecting import inspect
+    from devloop.kbld.inspecting import inspect
 
     found = find(read_inputs(args.files or _missing_files(), stdin))
     stdout.write(inspect(found.documents, found.config, as_json=args.json))
@@ -115,7 +115,7 @@ def inspect_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> 
 
 
 def _options(args: argparse.Namespace) -> ResolveOptions:
-    from devloop.registry import RegistryOptions
+    from devloop.kbld.registry import RegistryOptions
 
     registry = RegistryOptions(
         insecure=args.registry_insecure,
@@ -130,7 +130,7 @@ def _options(args: argparse.Namespace) -> ResolveOptions:
 def _write_locks(
     args: argparse.Namespace, config: Config, resolved: Mapping[str, Resolved]
 ) -> None:
-    from devloop.locks import imgpkg_lock, kbld_lock
+    from devloop.kbld.locks import imgpkg_lock, kbld_lock
 
     if args.lock_output:
         _write_file(args.lock_output, kbld_lock(resolved, config))

@@ -1,0 +1,1 @@
+"""The local Docker target: manifests planned into containers, replaced one by one."""

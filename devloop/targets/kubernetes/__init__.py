@@ -1,0 +1,1 @@
+"""The Kubernetes target: server-side apply, pruning, inventory and rollout waits."""

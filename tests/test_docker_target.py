@@ -102,7 +102,7 @@ class Serving:
     port: int
 
     async def deploy(self, *extra: dict[str, Any], **web_fields: Any) -> None:
-        await self.deployer.deploy([*web(self.image, self.port, **web_fields), *extra], self.app)
+        await self.deployer.converge([*web(self.image, self.port, **web_fields), *extra], self.app)
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ async def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(
     client.containers.create(image, ["/bin/busybox", "true"], labels=labels)
     await deployer.adopt_or_clean(app)
     assert [info.id for info in await listed(app)] == [alive.id]
-    await deployer.deploy(web(image, free_port()), app)
+    await deployer.converge(web(image, free_port()), app)
     assert [info.key for info in await listed(app)] == [("Deployment/web", "web")]
     await deployer.cleanup(app)
 
@@ -214,7 +214,7 @@ async def test_a_kept_container_with_the_same_spec_is_adopted_not_restarted(
     [kept] = await running(serving.app)
     async with docker_target(Output(), FAST) as second:  # the next `devloop up` after --keep
         await second.adopt_or_clean(serving.app)
-        await second.deploy(web(serving.image, serving.port), serving.app)
+        await second.converge(web(serving.image, serving.port), serving.app)
     assert [info.id for info in await running(serving.app)] == [kept.id]
 
 
@@ -251,7 +251,7 @@ async def test_a_tcp_readiness_probe_passes_only_when_the_process_listens(
     )
     async with docker_target(Output(), replace(FAST, ready_timeout_s=1.5)) as deployer:
         try:
-            await deployer.deploy(
+            await deployer.converge(
                 [pod, service("tcp", {"port": free_port(), "targetPort": 8080})], app
             )
             assert ready

@@ -1,10 +1,13 @@
-"""`devloop up`: one task group owns the watcher, the build lanes and the deployer.
+"""`devloop up`: one task group owns the pipeline, each stage a task joined by streams.
 
-watcher --Changes--> controller --requests--> lanes --built--> deployer
-The controller maps each batch of changes to the lanes whose inputs changed (and to a re-render
-when manifests or config changed); the deployer applies the newest state once no lane it needs is
-still building. Expected failures are events, never crashes: a broken config keeps the last good
-one, a failed build keeps the old image running, an unreachable cluster is retried with backoff.
+    watcher --Changes--> controller --BuildRequest--> lane pool --LaneState--> deployer
+                             \\------------------------Reloaded---------------------^
+
+The controller holds the config: it maps each batch of changes to the lanes whose inputs changed
+(and to a re-render when manifests or config changed) and tells the watcher when what is watched
+changes. The deployer deploys the newest state once every lane it needs has answered its newest
+request. Expected failures are events, never crashes: a broken config keeps the last good one, a
+failed build keeps the old image running, an unreachable target is retried with backoff.
 """
 
 from __future__ import annotations
@@ -13,107 +16,63 @@ import functools
 import os
 import signal
 import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from devloop.errors import ClusterUnavailable, DevloopError, RolloutError
+from devloop.errors import DevloopError
 from devloop.events import Events
-from devloop.kbld.model import Resolved, Source
+from devloop.kbld.model import Config, Resolved, Source
 from devloop.kbld.resolving import build_source
-from devloop.loop.deploying import Deployer, Loaded, load, source_urls
-from devloop.loop.lanes import Lane, LaneRunner
-from devloop.settings import Settings, settle
-
-SHUTDOWN_GRACE_S = 2.5  # Ctrl-C to exit must stay under 3 s
-NO_CLUSTER = (
-    "no Kubernetes context is configured, so the app runs on the local Docker engine; "
-    "pass --kubeconfig or --context (or set KUBECONFIG) to deploy to a cluster instead"
+from devloop.loop import watching
+from devloop.loop.deploying import (
+    Deployer,
+    DeployerInput,
+    Loaded,
+    Reloaded,
+    deployer,
+    load,
+    source_urls,
 )
-CLUSTER_RETRY_S = (0.5, 1.0, 2.0, 3.0, 5.0)  # pings while the cluster is unreachable, seconds
+from devloop.loop.lanes import BuildRequest, Lane, LaneRunner, Retire, pool
+from devloop.loop.watchset import Changes, WatchSet
+from devloop.settings import Settings, settle
+from devloop.targets import delete_app, open_target
+from devloop.targets.base import Target
+
 LOG_DIR = ".devloop/logs"  # each image's build output is also kept here, one file per image
+STREAM_BUFFER = 64  # messages between stages; a full buffer makes the sender wait
+WatchKey = tuple[object, ...]
 
 
 class Controller:
-    def __init__(self, settings: Settings, flags: dict[str, Any], events: Events) -> None:
+    """Reloads the config, maps changes to lane requests, says when the watch set changes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        flags: Mapping[str, Any],
+        events: Events,
+        lanes: MemoryObjectSendStream[BuildRequest | Retire],
+        deploys: MemoryObjectSendStream[DeployerInput],
+        watchsets: MemoryObjectSendStream[WatchSet],
+    ) -> None:
         self.settings, self.flags, self.events = settings, flags, events
+        self._lanes, self._deploys, self._watchsets = lanes, deploys, watchsets
         self.loaded: Loaded | None = None
-        self.lanes: dict[str, Lane] = {}
-        self.deployer = Deployer(settings, events)
-        self.kick = anyio.Event()
-        self.dirty = True
-        self.watch_changed = anyio.Event()
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._runner: LaneRunner | None = None
-        self._engine: Any = None
-        self._watched: tuple[Any, ...] | None = None
-        self._unreachable = False  # the cluster failed to answer; only pings until it does
-        self._outage = ""  # the message of the temporary failure being retried, said once
-        self._deployed: dict[str, Resolved] = {}  # the lanes' images of the newest deploy
+        self._sources: dict[str, Source] = {}  # the lanes' Sources, by the lanes' references
+        self._seq = 0
+        self._watched: WatchKey | None = None
 
-    async def run(self) -> None:
-        if self.settings.resolved_target() == "docker":
-            await self._run_on_docker()
-        else:
-            await self._run_tasks()
+    @property
+    def config(self) -> Config | None:
+        return self.loaded.found.config if self.loaded else None
 
-    async def _run_tasks(self) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._runner = self._make_runner()
-            await self.reload("start")
-            tg.start_soon(self.deployer_task)
-            tg.start_soon(self.watcher_task)
-
-    async def _run_on_docker(self) -> None:
-        """The local Docker target: containers instead of a cluster, removed on exit."""
-        from devloop.targets.docker.target import docker_target
-
-        if self.settings.target == "auto":
-            self.events.emit("target.selected", target="docker", reason=NO_CLUSTER)
-        app = self.settings.app_name
-        async with docker_target(self.events.line) as target:
-            self.deployer.docker = target
-            try:
-                await target.adopt_or_clean(app)
-                await self._run_tasks()
-            finally:
-                if not self.settings.keep:
-                    with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
-                        await target.cleanup(app)
-
-    def _make_runner(self) -> LaneRunner:
-        from devloop.loop.inputs import input_digest
-
-        limiter = anyio.CapacityLimiter(self.settings.build_concurrency)
-        return LaneRunner(self._build, input_digest, self.events, limiter, self.lane_done)
-
-    def _build(self, url: str, source: Source, stop: threading.Event) -> Resolved:
-        """Build one lane's image in a worker thread (the lane runner calls this)."""
-        assert self.loaded is not None
-        if self._engine is None:
-            from devloop.kbld.building import Engine
-
-            self._engine = Engine()
-        return build_source(
-            self._engine,
-            self.loaded.found.config,
-            url,
-            source,
-            self.events,
-            self._registry,
-            stop.is_set,
-        )
-
-    def _registry(self) -> Any:
-        from devloop.kbld.registry import Registry, RegistryOptions
-
-        return Registry(RegistryOptions())
-
-    # -- config and lanes -------------------------------------------------------------------
     async def reload(self, why: str) -> None:
         try:
             loaded = await anyio.to_thread.run_sync(load, self.settings)
@@ -127,30 +86,33 @@ class Controller:
             return
         for warning in loaded.found.warnings:
             self.events.emit("config.warning", reason=warning)
-        first = self.loaded is None
-        self.loaded, self.settings = loaded, settings
-        self.deployer.settings = settings
-        if not first:
+        if self.loaded is not None:
             self.events.emit("config.reloaded", reason=why)
-        self._sync_lanes()
-        if self._watched is not None and self._watch_set_changed():
-            self.watch_changed.set()
-        self.mark_dirty()
+        self.loaded, self.settings = loaded, settings
+        requested = await self._sync_lanes(source_urls(loaded.found))
+        await self._deploys.send(Reloaded(loaded, settings, requested))
+        if self._watch_key() != self._watched:
+            await self._watchsets.send(self.watch_set())
 
-    def _sync_lanes(self) -> None:
-        assert self.loaded is not None and self._tg is not None and self._runner is not None
-        for url, source in source_urls(self.loaded.found).items():
-            lane = self.lanes.get(url)
-            if lane is None:
-                lane = self.lanes[url] = Lane(url, source)
-                self._tg.start_soon(self._runner.builder, lane)
-                lane.request("first build")
-            elif lane.source != source:
-                lane.source = source
-                lane.request("its Source changed")
+    async def _sync_lanes(self, wanted: dict[str, Source]) -> dict[str, int]:
+        """Request first builds and rebuilds of changed Sources; retire lanes no longer used."""
+        requested: dict[str, int] = {}
+        for url, source in wanted.items():
+            before = self._sources.get(url)
+            if before != source:
+                why = "first build" if before is None else "its Source changed"
+                requested[url] = await self._request(url, source, why)
+        for url in set(self._sources) - set(wanted):
+            await self._lanes.send(Retire(url))
+        self._sources = dict(wanted)
+        return requested
 
-    # -- changes ----------------------------------------------------------------------------
-    async def on_changes(self, changes: Any) -> None:
+    async def _request(self, url: str, source: Source, reason: str) -> int:
+        self._seq += 1
+        await self._lanes.send(BuildRequest(url, source, reason, self._seq))
+        return self._seq
+
+    async def on_changes(self, changes: Changes) -> None:
         images = {key: sorted(files) for key, files in changes.images.items()}
         self.events.emit(
             "change.detected",
@@ -160,111 +122,29 @@ class Controller:
         )
         if changes.config or changes.manifests:
             await self.reload("changed: " + _listing({*changes.config, *changes.manifests}))
+        requested: dict[str, int] = {}
         for key, files in images.items():  # the watch set is keyed by the lanes' references
-            if (lane := self.lanes.get(key)) is not None:
-                lane.request("changed: " + _listing(files))
+            if (source := self._sources.get(key)) is not None:
+                requested[key] = await self._request(key, source, "changed: " + _listing(files))
+        if requested and self.loaded is not None:
+            await self._deploys.send(Reloaded(self.loaded, self.settings, requested))
 
-    async def lane_done(self, lane: Lane) -> None:
-        """A lane went idle: deploy if its image differs from the deployed one, else only wake
-        the deployer (it may be waiting for this lane before applying a manifest change)."""
-        if lane.result is not None and self._deployed.get(lane.url) != lane.result:
-            self.mark_dirty()
-        else:
-            self.kick.set()
+    async def controller(
+        self,
+        changes: MemoryObjectReceiveStream[Changes],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The stage task: the first load, then one reaction per batch of changes."""
+        async with changes, self._lanes, self._deploys, self._watchsets:
+            await self.reload("start")
+            if self._watched is None:  # no good config yet: watch the manifests anyway
+                await self._watchsets.send(self.watch_set())
+            task_status.started()
+            async for batch in changes:
+                await self.on_changes(batch)
 
-    def mark_dirty(self) -> None:
-        self.dirty = True
-        self.kick.set()
-
-    # -- deploying --------------------------------------------------------------------------
-    async def deployer_task(self) -> None:
-        attempt = 0
-        while True:
-            await self.kick.wait()
-            self.kick = anyio.Event()
-            if not self._ready_to_deploy():
-                continue
-            self.dirty = False
-            outcome = await self._deploy_once()
-            attempt = attempt + 1 if outcome == "retry" else 0
-            if outcome == "retry":
-                self.dirty = True
-                delay = CLUSTER_RETRY_S[min(attempt, len(CLUSTER_RETRY_S)) - 1]
-                with anyio.move_on_after(delay):
-                    await self.kick.wait()
-                self.kick.set()
-
-    def _ready_to_deploy(self) -> bool:
-        if not self.dirty or self.loaded is None:
-            return False
-        needed = source_urls(self.loaded.found)
-        lanes = [self.lanes[url] for url in needed if url in self.lanes]
-        return not any(lane.busy for lane in lanes) and all(lane.result for lane in lanes)
-
-    async def _deploy_once(self) -> str:
-        """Deploy the newest state; while the cluster is away, only a cheap ping is retried."""
-        assert self.loaded is not None
-        built = {url: lane.result for url, lane in self.lanes.items() if lane.result}
-        self._deployed = dict(built)  # a failed deploy is retried by its own loop
-        try:
-            if self._unreachable:
-                await self.deployer.ping()
-                self._unreachable = False
-                self.events.emit("cluster.reachable", reason="the cluster answers again")
-            await self.deployer.deploy(self.loaded, built)
-            self._outage = ""
-        except DevloopError as error:
-            return self._deploy_failed(error)
-        return "done"
-
-    def _deploy_failed(self, error: DevloopError) -> str:
-        if not error.retryable:
-            event = "rollout.failed" if isinstance(error, RolloutError) else "apply.failed"
-            self.events.emit(event, reason=str(error))
-            return "failed"
-        if str(error) != self._outage:  # say it once per outage, then retry quietly
-            self.events.emit("apply.failed", reason=str(error), retrying=True)
-        self._outage = str(error)
-        self._unreachable = isinstance(error, ClusterUnavailable)
-        return "retry"
-
-    # -- watching ---------------------------------------------------------------------------
-    async def watcher_task(self) -> None:
-        """Run the watcher; restart it when the set of watched things changes."""
-        from devloop.loop.watchset import Changes
-
-        send, receive = anyio.create_memory_object_stream[Changes](1)
-        async with send, anyio.create_task_group() as tg:
-            tg.start_soon(self._consume, receive)
-            while True:
-                await self._watch_until_changed(send.clone())
-
-    async def _watch_until_changed(self, send: Any) -> None:
-        from devloop.loop.watching import watcher
-
-        self.watch_changed = anyio.Event()
-        watchset = self._watch_set()
-        async with anyio.create_task_group() as tg:
-            await tg.start(
-                functools.partial(
-                    watcher,
-                    watchset,
-                    send,
-                    quiet=self.settings.debounce_ms / 1000,
-                    max_wait=self.settings.max_wait_ms / 1000,
-                    leading=True,
-                )
-            )
-            self.events.emit("watch.started", images=len(watchset.contexts))
-            await self.watch_changed.wait()
-            tg.cancel_scope.cancel()
-
-    async def _consume(self, receive: Any) -> None:
-        async with receive:
-            async for changes in receive:
-                await self.on_changes(changes)
-
-    def _watch_set(self) -> Any:
+    def watch_set(self) -> WatchSet:
         from devloop.loop.watchset import watch_set
 
         sources, manifests, render_inputs = self._watch_inputs()
@@ -276,29 +156,141 @@ class Controller:
             return watch_set({}, manifests, render_inputs)
 
     def _watch_inputs(self) -> tuple[dict[str, Source], tuple[str, ...], tuple[str, ...]]:
-        sources = source_urls(self.loaded.found) if self.loaded else {}
         files, render = self.settings.files, self.settings.render
         render_inputs = (self.settings.render_inputs or files) if render else ()
-        return sources, () if render else files, render_inputs
+        return dict(self._sources), () if render else files, render_inputs
 
-    def _watch_key(self) -> tuple[Any, ...]:
+    def _watch_key(self) -> WatchKey:
         sources, manifests, render_inputs = self._watch_inputs()
         return tuple(sorted(sources.items(), key=str)), manifests, render_inputs
 
-    def _watch_set_changed(self) -> bool:
-        return self._watched != self._watch_key()
+
+class Builds:
+    """The lane pool's build function: one image in a worker thread, with the newest config."""
+
+    def __init__(self, controller: Controller, events: Events) -> None:
+        self._controller, self._events = controller, events
+        self._engine: Any = None  # building.Engine, made on the first build (imports docker)
+
+    def __call__(self, url: str, source: Source, stop: threading.Event) -> Resolved:
+        config = self._controller.config
+        assert config is not None, "a lane builds only after a good config was loaded"
+        if self._engine is None:
+            from devloop.kbld.building import Engine
+
+            self._engine = Engine()
+        return build_source(
+            self._engine, config, url, source, self._events, self._registry, stop.is_set
+        )
+
+    @staticmethod
+    def _registry() -> Any:
+        from devloop.kbld.registry import Registry, RegistryOptions
+
+        return Registry(RegistryOptions())
 
 
-async def _signals(scope: anyio.CancelScope, events: Events) -> None:
+async def watcher_supervisor(
+    watchsets: MemoryObjectReceiveStream[WatchSet],
+    changes: MemoryObjectSendStream[Changes],
+    settings: Settings,
+    events: Events,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the watcher over the newest watch set. A new set's watcher is live before the old
+    one stops, so no change falls in between."""
+    running: anyio.CancelScope | None = None
+    async with watchsets, changes, anyio.create_task_group() as tg:
+        async for watchset in watchsets:
+            scope = await tg.start(_watch, watchset, changes.clone(), settings)
+            if running is not None:
+                running.cancel()
+            else:
+                task_status.started()
+            running = scope
+            events.emit("watch.started", images=len(watchset.contexts))
+        tg.cancel_scope.cancel()
+
+
+async def _watch(
+    watchset: WatchSet,
+    changes: MemoryObjectSendStream[Changes],
+    settings: Settings,
+    *,
+    task_status: anyio.abc.TaskStatus[anyio.CancelScope],
+) -> None:
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                functools.partial(
+                    watching.watcher,
+                    watchset,
+                    changes,
+                    quiet=settings.debounce_ms / 1000,
+                    max_wait=settings.max_wait_ms / 1000,
+                    leading=True,
+                )
+            )
+            task_status.started(scope)
+
+
+# -- wiring --------------------------------------------------------------------------------------
+
+
+async def pipeline(
+    settings: Settings, flags: Mapping[str, Any], events: Events, target: Target
+) -> None:
+    """Start the stages in dependency order; each is ready when `tg.start` returns."""
+    changes_send, changes = anyio.create_memory_object_stream[Changes](1)
+    lanes_send, lanes = anyio.create_memory_object_stream[BuildRequest | Retire](STREAM_BUFFER)
+    deploys_send, deploys = anyio.create_memory_object_stream[DeployerInput](STREAM_BUFFER)
+    watchsets_send, watchsets = anyio.create_memory_object_stream[WatchSet](STREAM_BUFFER)
+    controller = Controller(settings, flags, events, lanes_send, deploys_send, watchsets_send)
+    limiter = anyio.CapacityLimiter(settings.build_concurrency)
+    runner = LaneRunner(
+        Builds(controller, events), _input_digest, events, limiter, _report(deploys_send)
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(deployer, Deployer(events, target), deploys)
+        await tg.start(pool, runner, lanes)
+        await tg.start(controller.controller, changes)
+        await tg.start(watcher_supervisor, watchsets, changes_send, settings, events)
+
+
+def _report(send: MemoryObjectSendStream[DeployerInput]) -> Callable[[Lane], Awaitable[None]]:
+    async def report(lane: Lane) -> None:
+        await send.send(lane.state())
+
+    return report
+
+
+def _input_digest(source: Source) -> str:
+    from devloop.loop.inputs import input_digest
+
+    return input_digest(source)
+
+
+async def _signals(
+    stop: anyio.CancelScope,
+    events: Events,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The first Ctrl-C (or SIGTERM) stops the pipeline; the second exits at once.
+
+    This task lives outside `stop`, so it still listens while the pipeline shuts down.
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        task_status.started()
         async for signum in received:
-            if scope.cancel_called:
-                os._exit(130)  # the second Ctrl-C: leave at once
+            if stop.cancel_called:
+                os._exit(130)
             events.emit("shutdown", reason=signal.Signals(signum).name)
-            scope.cancel()
+            stop.cancel()
 
 
-def initial_settings(flags: dict[str, Any]) -> Settings:
+def initial_settings(flags: Mapping[str, Any]) -> Settings:
     """Flags, environment and the project's Settings document, read before anything starts."""
     settings = settle(flags)
     try:
@@ -307,55 +299,37 @@ def initial_settings(flags: dict[str, Any]) -> Settings:
         return settings  # broken manifests: `up` reports them itself, `down` needs no more
 
 
-async def run(flags: dict[str, Any]) -> int:
+async def run(flags: Mapping[str, Any]) -> int:
     settings = initial_settings(flags)
     events = Events(settings.log_format, tee_dir=Path(LOG_DIR))
-    controller = Controller(settings, flags, events)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_signals, tg.cancel_scope, events)
-            await controller.run()
-        if controller.settings.cleanup and controller.deployer.docker is None:
-            await _cleanup(controller)
+            stop = anyio.CancelScope()
+            await tg.start(_signals, stop, events)
+            with stop:
+                async with open_target(settings, events) as target:
+                    await pipeline(settings, flags, events, target)
+            tg.cancel_scope.cancel()
     finally:
         events.close()
     return 0
 
 
-async def _cleanup(controller: Controller) -> None:
-    from devloop.targets.kubernetes import applying
-
-    with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
-        cluster = await controller.deployer.cluster()
-        deleted = await anyio.to_thread.run_sync(
-            applying.delete_app,
-            cluster,
-            controller.settings.app_name,
-            controller.settings.namespace,
-        )
-        controller.events.emit("cleanup.finished", deleted=len(deleted))
-
-
-def down(flags: dict[str, Any]) -> int:
+def down(flags: Mapping[str, Any]) -> int:
     """`devloop down`: delete everything `devloop up` applied (or started) for the app."""
     settings = initial_settings(flags)
-    if settings.resolved_target() == "docker":
-        from devloop.targets.docker import containers
-
-        containers.remove_app(settings.app_name, timeout=5)
-        print(f"removed the containers and network of app {settings.app_name}")
-        return 0
-    from devloop.targets.kubernetes import applying
-
-    cluster = applying.Cluster(settings.kubeconfig, settings.context)
-    deleted = applying.delete_app(cluster, settings.app_name, settings.namespace)
+    events = Events(settings.log_format)
+    try:
+        deleted = anyio.run(delete_app, settings, events)
+    finally:
+        events.close()
     for name in deleted:
         print(f"deleted {name}")
     print(f"{len(deleted)} objects of app {settings.app_name} deleted")
     return 0
 
 
-def _listing(paths: Any, most: int = 5) -> str:
+def _listing(paths: Iterable[str], most: int = 5) -> str:
     """A short, sorted list of paths for a reason field."""
     ordered = sorted(paths)
     more = f" and {len(ordered) - most} more" if len(ordered) > most else ""

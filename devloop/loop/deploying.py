@@ -9,25 +9,30 @@ the caller to decide whether to retry (cluster unreachable) or wait for the next
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.to_thread
+import anyio.abc
 import yaml
+from anyio.streams.memory import MemoryObjectReceiveStream
 
-from devloop.errors import DevloopError, ManifestError
-from devloop.events import Events, Stopwatch
+from devloop.errors import DevloopError, ManifestError, RolloutError
+from devloop.events import Events
 from devloop.kbld.documents import read_inputs
 from devloop.kbld.model import Config, Resolved, Source
 from devloop.kbld.pipeline import Found, find, rewrite
 from devloop.kbld.resolving import ResolveOptions, Resolver
+from devloop.loop.lanes import LaneState
+from devloop.loop.retry import Outage
 from devloop.settings import Settings, from_document
+from devloop.targets import placement
+from devloop.targets.base import ManifestObject, Target
 
 RENDER_TIMEOUT_S = 60.0
-APPLY_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -84,30 +89,22 @@ def source_urls(found: Found) -> dict[str, Source]:
 
 @dataclass
 class Deployer:
-    """Applies the newest state; remembers what it applied so unchanged objects are not resent."""
+    """Renders, resolves and hands the result to the target; keeps what resolving learnt."""
 
-    settings: Settings
     events: Events
-    inventory: Any = None  # applying.Inventory of the last successful apply
-    docker: Any = None  # a docker_target.DockerTarget: run containers instead of applying
-    _cluster: Any = None
+    target: Target
     _resolved_cache: dict[str, Resolved] = field(default_factory=dict)  # tags and digests
     _cache_config: Config | None = None  # the config `_resolved_cache` was resolved with
 
-    async def deploy(self, loaded: Loaded, built: Mapping[str, Resolved]) -> None:
-        watch = Stopwatch()
-        self.events.emit("apply.started", app=self.settings.app_name, target=self.target_name)
+    async def deploy(
+        self, loaded: Loaded, built: Mapping[str, Resolved], settings: Settings
+    ) -> None:
+        self.events.emit("apply.started", app=settings.app_name, target=self.target.name)
         resolved = await self._resolve(loaded, built)
         objects = _objects(loaded.found, resolved)
-        if self.docker is not None:
-            await self._run_containers(objects, watch)
-        else:
-            result = await self._apply(objects)
-            self.events.emit("apply.finished", seconds=watch.seconds, **result.counts())
         for url in sorted(resolved):
             self.events.line("resolve", f"final: {url} -> {resolved[url].url}")
-        if self.docker is None:
-            await self._wait(result)
+        await self.target.deploy(objects, placement(settings))
 
     async def _resolve(self, loaded: Loaded, built: Mapping[str, Resolved]) -> dict[str, Resolved]:
         """Resolve with the lanes' images; other references are resolved once per config."""
@@ -126,67 +123,109 @@ class Deployer:
         self._resolved_cache.update({u: r for u, r in resolved.items() if u not in kept})
         return resolved
 
-    @property
-    def target_name(self) -> str:
-        return "kubernetes" if self.docker is None else "docker"
 
-    async def _run_containers(self, objects: list[Any], watch: Stopwatch) -> None:
-        assert self.docker is not None
-        datas, wheres = [o.data for o in objects], [o.where for o in objects]
-        await self.docker.deploy(datas, self.settings.app_name, wheres)
-        self.events.emit("apply.finished", seconds=watch.seconds, target="docker")
-        self.events.emit("rollout.finished", seconds=watch.seconds, target="docker")
+# -- the deployer task ---------------------------------------------------------------------------
 
-    async def _apply(self, objects: list[Any]) -> Any:
-        from devloop.targets.kubernetes import applying
 
-        cluster = await self.cluster()
-        with anyio.fail_after(APPLY_TIMEOUT_S):
-            result = await anyio.to_thread.run_sync(
-                lambda: applying.apply_objects(
-                    cluster,
-                    objects,
-                    self.settings.app_name,
-                    self.settings.namespace,
-                    self.inventory,
-                )
-            )
-        self.inventory = result.inventory
-        return result
+@dataclass(frozen=True)
+class Reloaded:
+    """The controller to the deployer: a new good config, and the lane requests it made."""
 
-    async def _wait(self, result: Any) -> None:
-        from devloop.targets.kubernetes import rollout
+    loaded: Loaded
+    settings: Settings
+    requested: Mapping[str, int]  # lane url -> the request number its build must answer
 
-        workloads = result.changed_workloads()
-        if not workloads:
+
+DeployerInput = Reloaded | LaneState
+CLUSTER_RETRY_S = (0.5, 1.0, 2.0, 3.0, 5.0)  # while the target is away, seconds between tries
+
+
+@dataclass
+class _Wanted:
+    """What the deployer knows: the newest config, each lane's state, what it deployed last."""
+
+    reloaded: Reloaded | None = None
+    states: dict[str, LaneState] = field(default_factory=dict)
+    requested: dict[str, int] = field(default_factory=dict)
+    deployed: dict[str, Resolved] = field(default_factory=dict)
+    dirty: bool = False
+
+    def take(self, message: DeployerInput) -> None:
+        if isinstance(message, Reloaded):
+            self.reloaded, self.dirty = message, True
+            for url, seq in message.requested.items():
+                self.requested[url] = max(self.requested.get(url, 0), seq)
             return
-        watch = Stopwatch()
-        cluster = await self.cluster()
-        await anyio.to_thread.run_sync(
-            lambda: rollout.wait_for_rollouts(cluster, workloads, self.settings.rollout_timeout_s)
-        )
-        self.events.emit(
-            "rollout.finished", seconds=watch.seconds, workloads=[w.name for w in workloads]
-        )
+        self.states[message.url] = message
+        if message.result is not None and self.deployed.get(message.url) != message.result:
+            self.dirty = True  # a skipped or failed build only wakes a deploy that waited
 
-    async def ping(self) -> None:
-        cluster = await self.cluster()
-        await anyio.to_thread.run_sync(cluster.ping)
+    def ready(self) -> Reloaded | None:
+        """The config to deploy, once every lane it needs answered its newest request."""
+        if not self.dirty or self.reloaded is None:
+            return None
+        for url in source_urls(self.reloaded.loaded.found):
+            state = self.states.get(url)
+            if state is None or state.result is None or state.handled < self.requested.get(url, 0):
+                return None
+        return self.reloaded
 
-    async def cluster(self) -> Any:
-        if self._cluster is None:
-            from devloop.targets.kubernetes import applying
-
-            self._cluster = await anyio.to_thread.run_sync(
-                lambda: applying.Cluster(self.settings.kubeconfig, self.settings.context)
-            )
-        return self._cluster
+    def built(self) -> dict[str, Resolved]:
+        return {url: s.result for url, s in self.states.items() if s.result is not None}
 
 
-def _objects(found: Found, resolved: Mapping[str, Resolved]) -> list[Any]:
+async def deployer(
+    deploying: Deployer,
+    inputs: MemoryObjectReceiveStream[DeployerInput],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Deploy the newest state whenever it is complete; retry while the target is away."""
+    wanted, outage = _Wanted(), Outage(CLUSTER_RETRY_S)
+    async with inputs:
+        task_status.started()
+        while True:
+            with anyio.move_on_after(outage.delay() if outage.attempts else math.inf):
+                try:
+                    wanted.take(await inputs.receive())
+                except anyio.EndOfStream:
+                    return
+            while True:  # take everything already queued: deploy the newest state only
+                try:
+                    wanted.take(inputs.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            if (reloaded := wanted.ready()) is not None:
+                await _deploy_once(deploying, wanted, reloaded, outage)
+
+
+async def _deploy_once(
+    deploying: Deployer, wanted: _Wanted, reloaded: Reloaded, outage: Outage
+) -> None:
+    """One attempt; while the target is away, only a cheap ping is tried before the deploy."""
+    events = deploying.events
+    wanted.dirty, built = False, wanted.built()
+    wanted.deployed = dict(built)
+    try:
+        if outage.attempts:
+            await deploying.target.ping()
+        await deploying.deploy(reloaded.loaded, built, reloaded.settings)
+    except DevloopError as error:
+        if not error.retryable:
+            outage.ended()
+            event = "rollout.failed" if isinstance(error, RolloutError) else "apply.failed"
+            events.emit(event, reason=str(error))
+            return
+        if outage.failed(str(error)):  # said once per outage, then retried quietly
+            events.emit("apply.failed", reason=str(error), retrying=True)
+        wanted.dirty = True
+        return
+    if outage.ended():
+        events.emit("cluster.reachable", reason=f"{deploying.target.describe()} answers again")
+
+
+def _objects(found: Found, resolved: Mapping[str, Resolved]) -> list[ManifestObject]:
     """The rendered documents as ManifestObjects (data plus where), skipping empty ones."""
-    from devloop.targets.kubernetes.applying import ManifestObject
-
     text = rewrite(found, resolved, annotate=True)
     rendered = [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d]
     wheres = [doc.where for doc in found.documents if doc.data]

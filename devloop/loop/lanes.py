@@ -13,16 +13,45 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from devloop.errors import DevloopError
 from devloop.events import Events, Stopwatch
 from devloop.kbld.model import Resolved, Source
+from devloop.loop.retry import Outage
 
 # Builds one image in a worker thread; the Event is set when the build must stop.
 BuildFn = Callable[[str, Source, threading.Event], Resolved]
 DigestFn = Callable[[Source], str]
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff while the Docker engine is unreachable
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """The controller to the lane pool: build `url` from `source` (request number `seq`)."""
+
+    url: str
+    source: Source
+    reason: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class Retire:
+    """The controller to the lane pool: no manifest uses `url` any more; stop its lane."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class LaneState:
+    """The lane pool to the deployer, after every build, skip or failure of a lane."""
+
+    url: str
+    handled: int  # the newest request this state answers
+    result: Resolved | None  # the newest good image; None until a build succeeded
 
 
 @dataclass
@@ -32,7 +61,10 @@ class Lane:
     result: Resolved | None = None  # the newest successful build
     built_inputs: str | None = None  # the input digest of `result`
     failed: bool = False  # the newest build failed; the next change retries
-    last_error: str = ""  # the newest failure's message, to report a lasting outage once
+    outage: Outage = field(default_factory=lambda: Outage(RETRY_SECONDS))
+    requested: int = 0  # the sequence number of the newest request
+    handled: int = 0  # the newest request a finished build (or skip) answered
+    _taking: int = 0  # the newest request the running cycle answers
     _pending: list[str] = field(default_factory=list)  # why the next build runs
     _wakeup: anyio.Event = field(default_factory=anyio.Event)
     _scope: anyio.CancelScope | None = None
@@ -46,9 +78,13 @@ class Lane:
     def busy(self) -> bool:
         return bool(self._pending) or self._scope is not None
 
-    def request(self, reason: str) -> None:
-        """Ask for a build with the newest inputs; a running build is checked and superseded."""
+    def request(self, reason: str, seq: int = 0) -> None:
+        """Ask for a build with the newest inputs; a running build is checked and superseded.
+
+        `seq` numbers the request, so the deployer can tell when a build has answered it.
+        """
         self._pending.append(reason)
+        self.requested = max(self.requested, seq)
         self._wakeup.set()
 
     def cancel_running(self) -> None:
@@ -62,7 +98,11 @@ class Lane:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
         reasons, self._pending = self._pending, []
+        self._taking = self.requested
         return "; ".join(dict.fromkeys(reasons))
+
+    def state(self) -> LaneState:
+        return LaneState(self.url, self.handled, self.result)
 
 
 @dataclass
@@ -77,15 +117,10 @@ class LaneRunner:
 
     async def builder(self, lane: Lane) -> None:
         """The lane's long-running task."""
-        attempt = 0
         while True:
             reason = await lane.next_request()
-            outcome = await self._cycle(lane, reason)
-            if outcome == "retry":
-                attempt += 1
-                await self._backoff(lane, reason, attempt)
-            else:
-                attempt = 0
+            if await self._cycle(lane, reason) == "retry":
+                await self._backoff(lane, reason)
 
     async def _cycle(self, lane: Lane, reason: str) -> str:
         try:
@@ -97,7 +132,8 @@ class LaneRunner:
                 "build.skipped", image=lane.image, reason="inputs unchanged", ref=lane.result.url
             )
             lane.failed = False
-            await self.on_done(lane)
+            lane.outage.ended()
+            await self._done(lane)
             return "skipped"
         return await self._build(lane, reason, inputs)
 
@@ -131,9 +167,14 @@ class LaneRunner:
         if result is None:
             return await self._failed(lane, error or DevloopError("no result"), watch)
         lane.result, lane.built_inputs, lane.failed = result, inputs, False
+        lane.outage.ended()
         self.events.emit("build.finished", image=lane.image, seconds=watch.seconds, ref=result.url)
-        await self.on_done(lane)
+        await self._done(lane)
         return "built"
+
+    async def _done(self, lane: Lane) -> None:
+        lane.handled = lane._taking
+        await self.on_done(lane)
 
     async def _supersede(self, lane: Lane, building: str) -> None:
         """While a build runs, stop it as soon as a request brings different inputs.
@@ -157,11 +198,14 @@ class LaneRunner:
                 "build.skipped", image=lane.image, reason="inputs equal the running build's"
             )
             lane._pending.clear()
+            lane._taking = lane.requested  # the running build answers these requests too
 
     async def _failed(self, lane: Lane, error: DevloopError, watch: Stopwatch) -> str:
-        repeated = lane.failed and error.retryable and lane.last_error == str(error)
-        lane.failed, lane.last_error = True, str(error)
-        if not repeated:  # an engine that stays away is reported once, then retried quietly
+        lane.failed = True
+        news = lane.outage.failed(str(error)) if error.retryable else True
+        if not error.retryable:
+            lane.outage.ended()
+        if news:  # an engine that stays away is said once, then retried quietly
             self.events.emit(
                 "build.failed",
                 image=lane.image,
@@ -169,17 +213,48 @@ class LaneRunner:
                 reason=str(error),
                 retrying=error.retryable or None,
             )
-        await self.on_done(lane)
+        await self._done(lane)
         return "retry" if error.retryable else "failed"
 
-    async def _backoff(self, lane: Lane, reason: str, attempt: int) -> None:
-        delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1]
-        with anyio.move_on_after(delay):
+    async def _backoff(self, lane: Lane, reason: str) -> None:
+        with anyio.move_on_after(lane.outage.delay()):
             while not lane._pending:
                 await lane._wakeup.wait()
                 lane._wakeup = anyio.Event()
         if not lane._pending:
             lane.request(f"retry after: {reason}")
+
+
+async def pool(
+    runner: LaneRunner,
+    requests: MemoryObjectReceiveStream[BuildRequest | Retire],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The lane pool: one builder task per image, added and retired as the requests say."""
+    lanes: dict[str, tuple[Lane, anyio.CancelScope]] = {}
+    async with requests, anyio.create_task_group() as tg:
+        task_status.started()
+        async for request in requests:
+            if isinstance(request, Retire):
+                if (retired := lanes.pop(request.url, None)) is not None:
+                    retired[1].cancel()
+                continue
+            if request.url not in lanes:
+                lane = Lane(request.url, request.source)
+                lanes[request.url] = (lane, await tg.start(_lane_task, runner, lane))
+            lane = lanes[request.url][0]
+            lane.source = request.source
+            lane.request(request.reason, request.seq)
+        tg.cancel_scope.cancel()
+
+
+async def _lane_task(
+    runner: LaneRunner, lane: Lane, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+) -> None:
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        await runner.builder(lane)
 
 
 async def _run_stoppable(build: BuildFn, lane: Lane, stop: threading.Event) -> Resolved:

@@ -22,8 +22,8 @@ import docker.errors
 import requests
 
 from devloop.errors import DevloopError, EngineUnavailable
+from devloop.targets.base import APP_LABEL
 from devloop.targets.docker.plan import (
-    APP_LABEL,
     CONTAINER_LABEL,
     HASH_LABEL,
     WORKLOAD_LABEL,
@@ -85,6 +85,12 @@ def _engine(doing: str) -> Iterator[None]:
             f"{doing}: cannot reach the Docker engine ({str(error)[:EXPLANATION_CHARS]}); "
             "start dockerd or point DOCKER_HOST at it"
         ) from error
+
+
+def ping() -> None:
+    """Return when the engine answers; EngineUnavailable while it is away."""
+    with _engine("pinging the Docker engine"):
+        _client().ping()
 
 
 def ensure_network(app: str) -> str:

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from devloop.errors import InputError
+from devloop.targets.base import APP_LABEL
 
 # Every container and network of an app carries these labels, so everything an app ever started
 # - including leftovers of a killed run - can be found again and matched to its slot in the plan.
-APP_LABEL = "devloop.dev/app"
 WORKLOAD_LABEL = "devloop.dev/workload"
 CONTAINER_LABEL = "devloop.dev/container"
 HASH_LABEL = "devloop.dev/spec-hash"

@@ -27,11 +27,14 @@ import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from devloop.errors import DevloopError, RolloutError
+from devloop.events import Stopwatch
+from devloop.targets.base import ManifestObject, Placement
 from devloop.targets.docker import containers
 from devloop.targets.docker.plan import ContainerSpec, Probe, plan_containers
 
 T = TypeVar("T")
 OnLine = Callable[[str, str], None]
+Emit = Callable[..., None]  # Events.emit: an event name and its fields
 
 LOG_STREAMS_MAX = 256  # one worker thread per followed container, outside the engine limiter
 ROLLBACK_S = 30.0  # a rollback runs shielded from cancellation, for at most this long
@@ -61,21 +64,33 @@ class _NotReady(Exception):
 
 
 @asynccontextmanager
-async def docker_target(on_line: OnLine, timing: Timing = Timing()) -> AsyncIterator[DockerTarget]:
+async def docker_target(
+    on_line: OnLine, timing: Timing = Timing(), emit: Emit | None = None
+) -> AsyncIterator[DockerTarget]:
     """A DockerTarget whose log followers live (and are cancelled) with this context."""
     async with anyio.create_task_group() as followers:
         try:
-            yield DockerTarget(on_line, followers, timing)
+            yield DockerTarget(on_line, followers, timing, emit)
         finally:
             followers.cancel_scope.cancel()
 
 
 class DockerTarget:
     """Deploys rendered manifests to the local engine. `on_line(prefix, line)` gets each whole
-    output line of every container, from a worker thread (so it must be thread-safe)."""
+    output line of every container, from a worker thread (so it must be thread-safe); `emit`
+    hears the outcome events of `deploy`."""
 
-    def __init__(self, on_line: OnLine, followers: TaskGroup, timing: Timing = Timing()) -> None:
+    name = "docker"
+
+    def __init__(
+        self,
+        on_line: OnLine,
+        followers: TaskGroup,
+        timing: Timing = Timing(),
+        emit: Emit | None = None,
+    ) -> None:
         self._on_line = on_line
+        self._emit: Emit = emit or (lambda _event, **_fields: None)
         self._followers = followers
         self._timing = timing
         self._limiter = anyio.CapacityLimiter(timing.engine_threads)
@@ -83,7 +98,27 @@ class DockerTarget:
         self._followed: dict[str, threading.Event] = {}
         self._specs: dict[str, ContainerSpec] = {}  # by container id: what it was started from
 
-    async def deploy(
+    def describe(self) -> str:
+        return "the local Docker engine"
+
+    async def ping(self) -> None:
+        await self._engine(containers.ping)
+
+    async def deploy(self, objects: Sequence[ManifestObject], placement: Placement) -> None:
+        """The Target protocol: converge, then say so (a container is checked as it starts, so
+        the rollout is finished when the apply is)."""
+        watch = Stopwatch()
+        datas, wheres = [o.data for o in objects], [o.where for o in objects]
+        await self.converge(datas, placement.app, wheres)
+        self._emit("apply.finished", seconds=watch.seconds, target=self.name)
+        self._emit("rollout.finished", seconds=watch.seconds, target=self.name)
+
+    async def delete_app(self, placement: Placement) -> list[str]:
+        names = [info.name for info in await self._engine(containers.list_app, placement.app)]
+        await self.cleanup(placement.app)
+        return names
+
+    async def converge(
         self, objects: Sequence[Mapping[str, Any]], app: str, wheres: Sequence[str] = ()
     ) -> None:
         """Make the app's containers match the manifests; RolloutError names what failed."""

@@ -23,10 +23,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from devloop import blocking
 from devloop.errors import ApplyError, ClusterUnavailable, InputError
+from devloop.targets.base import APP_LABEL, ManifestObject
 from devloop.targets.kubernetes.rollout import WORKLOAD_KINDS, Workload
 
-APP_LABEL = "devloop.dev/app"
 INVENTORY_LABEL = "devloop.dev/inventory"  # not APP_LABEL: pruning must never see the inventory
 HASH_ANNOTATION = "devloop.dev/content-hash"
 FIELD_MANAGER = "devloop"
@@ -56,14 +57,6 @@ _ORDER = {
 
 def rank(kind: str) -> int:
     return _ORDER.get(kind, 9)
-
-
-@dataclass(frozen=True)
-class ManifestObject:
-    """One rendered document and where it came from (``file, document N``) for messages."""
-
-    data: dict[str, Any]
-    where: str = ""
 
 
 ObjectKey = Workload  # the identity of an applied object is the same four fields
@@ -160,6 +153,7 @@ class Cluster:
         from kubernetes.client.exceptions import ApiException  # status 0: TLS failure
         from urllib3.exceptions import HTTPError
 
+        blocking.check()  # the caller's deadline or cancellation ends a long apply here
         self.requests[method] += 1
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from devloop import blocking
 from devloop.errors import RolloutError
 
 Obj = Mapping[str, Any]
@@ -373,14 +374,9 @@ def wait_for_rollouts(
 
 
 def _pause(seconds: float) -> None:
-    """Sleep between polls, but first stop if the anyio task that started this thread was
-    cancelled: a newer change must not wait for an old rollout's deadline."""
-    from anyio.from_thread import check_cancelled
-
-    try:
-        check_cancelled()
-    except RuntimeError:
-        pass  # not in an anyio worker thread: nobody to be cancelled by
+    """Sleep between polls, but first stop if the task that started this thread was cancelled:
+    a newer change must not wait for an old rollout's deadline."""
+    blocking.check()
     time.sleep(seconds)
 
 

@@ -15,9 +15,21 @@ KBLD_API_VERSION = "kbld.k14s.io/v1alpha1"
 KBLD_KINDS = ("Config", "Sources", "ImageOverrides", "ImageDestinations", "ImageKeys")
 IMGPKG_API_VERSION = "imgpkg.carvel.dev/v1alpha1"
 IMAGES_ANNOTATION = "kbld.k14s.io/images"
+# devloop's own Settings document (read by `devloop.settings`) rides in the same stream and, like
+# kbld's config kinds, is never output; resolving only needs to recognise it.
+SETTINGS_API_VERSION = "devloop.dev/v1alpha1"
+SETTINGS_KIND = "Settings"
 
 # An origin in kbld's current annotation format, e.g. {"local": {"path": "/src/app"}}.
 Origin = Mapping[str, Any]
+
+
+def is_settings_document(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and data.get("apiVersion") == SETTINGS_API_VERSION
+        and data.get("kind") == SETTINGS_KIND
+    )
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,20 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
-
-import anyio
+from typing import TYPE_CHECKING, TextIO
 
 from devloop.errors import DevloopError, ImageReferenceError
 from devloop.kbld.config import load_config
 from devloop.kbld.documents import Document, read_inputs
-from devloop.kbld.model import Config, Resolved
+from devloop.kbld.model import Config, Resolved, is_settings_document
+from devloop.kbld.offline import resolve_all_offline
 from devloop.kbld.references import is_digest, parse_reference
 from devloop.kbld.rendering import render, render_stream
-from devloop.kbld.resolving import ResolveOptions, Resolver
 from devloop.kbld.searching import ImageSite, find_sites
 from devloop.logs import LineWriter
-from devloop.settings import is_settings_document
+
+if TYPE_CHECKING:
+    from devloop.kbld.resolving import ResolveOptions
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,7 @@ def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
         stdout.write("".join(f"- image: {url}\n" for url in found.urls))
         return 0
     out = LineWriter(stderr)
-    resolver = Resolver(found.config, out, _options(args))
-    try:
-        resolved = anyio.run(resolver.resolve_all, found.urls)
-    finally:
-        resolver.close()
+    resolved = _resolve(args, found, out)
     # Locks first: a lock that cannot be written must fail the run before a piped consumer
     # (`| kapp deploy -f-`) has read any manifest.
     _write_locks(args, found.config, resolved)
@@ -106,6 +102,23 @@ def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
     return 0
 
 
+def _resolve(args: argparse.Namespace, found: Found, out: LineWriter) -> dict[str, Resolved]:
+    """Synchronously when no reference needs a build or a registry, else concurrently."""
+    _check_concurrency(args)
+    resolved = resolve_all_offline(found.config, found.urls)
+    if resolved is not None:
+        return resolved
+    import anyio
+
+    from devloop.kbld.resolving import Resolver
+
+    resolver = Resolver(found.config, out, _options(args))
+    try:
+        return anyio.run(resolver.resolve_all, found.urls)
+    finally:
+        resolver.close()
+
+
 def inspect_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     from devloop.kbld.inspecting import inspect
 
@@ -114,16 +127,20 @@ def inspect_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> 
     return 0
 
 
+def _check_concurrency(args: argparse.Namespace) -> None:
+    if args.build_concurrency < 1:
+        raise DevloopError("--build-concurrency must be at least 1")
+
+
 def _options(args: argparse.Namespace) -> ResolveOptions:
     from devloop.kbld.registry import RegistryOptions
+    from devloop.kbld.resolving import ResolveOptions
 
     registry = RegistryOptions(
         insecure=args.registry_insecure,
         verify_certs=args.registry_verify_certs,
         ca_cert_paths=tuple(args.registry_ca_cert_path),
     )
-    if args.build_concurrency < 1:
-        raise DevloopError("--build-concurrency must be at least 1")
     return ResolveOptions(build=args.build, concurrency=args.build_concurrency, registry=registry)
 
 

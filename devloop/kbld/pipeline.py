@@ -19,7 +19,13 @@ from devloop.kbld.documents import Document, iter_documents, read_inputs, repars
 from devloop.kbld.model import Config, Resolved, SearchRule, is_settings_document
 from devloop.kbld.offline import resolve_all_offline
 from devloop.kbld.references import is_digest, parse_reference
-from devloop.kbld.rendering import Splice, annotation_point, render, render_stream
+from devloop.kbld.rendering import (
+    Splice,
+    annotation_point,
+    render,
+    render_stream,
+    stream_pieces,
+)
 from devloop.kbld.searching import ImageSite, find_sites
 from devloop.logs import LineWriter
 
@@ -113,12 +119,16 @@ def _check_digests(doc: Document, sites: Sequence[ImageSite]) -> None:
 
 
 def rewrite(found: Found, resolved: Mapping[str, Resolved], annotate: bool) -> str:
+    return render_stream(rendered(found, resolved, annotate))
+
+
+def rendered(found: Found, resolved: Mapping[str, Resolved], annotate: bool) -> list[str]:
+    """Each manifest's text with its references resolved, in input order."""
     points = found.points or [None] * len(found.documents)
-    texts = [
+    return [
         render(doc, sites, resolved, annotate, point)
         for doc, sites, point in zip(found.documents, found.sites, points, strict=True)
     ]
-    return render_stream(texts)
 
 
 def final_lines(resolved: Mapping[str, Resolved]) -> list[str]:
@@ -142,7 +152,9 @@ def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, std
     # Locks first: a lock that cannot be written must fail the run before a piped consumer
     # (`| kapp deploy -f-`) has read any manifest.
     _write_locks(args, found.config, resolved)
-    stdout.write(rewrite(found, resolved, args.images_annotation))
+    # Every document is rendered before the first is written (a rendering error leaves stdout
+    # empty), then written piece by piece: the joined stream would be one more copy of it all.
+    stdout.writelines(stream_pieces(rendered(found, resolved, args.images_annotation)))
     stdout.flush()
     for line in final_lines(resolved):
         out.line("resolve", line)
@@ -194,11 +206,13 @@ def _options(args: argparse.Namespace) -> ResolveOptions:
 def _write_locks(
     args: argparse.Namespace, config: Config, resolved: Mapping[str, Resolved]
 ) -> None:
-    from devloop.kbld.locks import imgpkg_lock, kbld_lock
-
     if args.lock_output:
+        from devloop.kbld.locks import kbld_lock
+
         _write_file(args.lock_output, kbld_lock(resolved, config))
     if args.imgpkg_lock_output:
+        from devloop.kbld.locks import imgpkg_lock
+
         _write_file(args.imgpkg_lock_output, imgpkg_lock(resolved, args.origins_annotation))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,12 @@ def annotation_point(doc: Document) -> Splice | None:
 
 def render_stream(texts: Iterable[str]) -> str:
     """Documents joined as kbld prints them: each after `---`, each ending with a newline."""
-    return "".join(f"---\n{text}" if text.endswith("\n") else f"---\n{text}\n" for text in texts)
+    return "".join(stream_pieces(texts))
+
+
+def stream_pieces(texts: Iterable[str]) -> Iterator[str]:
+    """`render_stream` piece by piece, for a writer that need not hold the whole stream."""
+    return (f"---\n{text}" if text.endswith("\n") else f"---\n{text}\n" for text in texts)
 
 
 def origins_yaml(entries: Iterable[Resolved]) -> str:

@@ -73,6 +73,8 @@ class Source:
 
 @dataclass(frozen=True)
 class Override:
+    """Use `new_image` for references matching `ref`; `preresolved` ends resolution there."""
+
     ref: ImageRef
     new_image: str
     preresolved: bool = False
@@ -98,12 +100,16 @@ PathPart = str | int | AllIndexes
 
 @dataclass(frozen=True)
 class KeyMatcher:
+    """A search rule's key test: the last key is `name`, or the whole key path is `path`."""
+
     name: str | None = None
     path: tuple[PathPart, ...] | None = None
 
 
 @dataclass(frozen=True)
 class ValueMatcher:
+    """A search rule's value test: the string is `image`, or its repository is `image_repo`."""
+
     image: str | None = None
     image_repo: str | None = None
 
@@ -113,6 +119,8 @@ Strategy = Literal["entireValue", "none", "json", "yaml"]
 
 @dataclass(frozen=True)
 class SearchRule:
+    """kbld's `searchRules` entry (or a `keys` name): where references are, and how to edit them."""
+
     key_matcher: KeyMatcher | None = None
     value_matcher: ValueMatcher | None = None
     strategy: Strategy = "entireValue"

@@ -68,7 +68,8 @@ def find(documents: Iterable[Document], keep_trees: bool = True) -> Found:
     for doc in documents:
         if is_config_document(doc.data):
             configs.append(doc)
-            rules = _rules_so_far(configs)
+            if "keys" in doc.data or "searchRules" in doc.data:  # the rest cannot add rules
+                rules = _rules_so_far(configs)
         elif is_settings_document(doc.data):
             settings.append(doc)
         else:

@@ -42,7 +42,9 @@ class Found:
     sites: list[list[ImageSite]]
     warnings: list[str]
     settings: list[Document] = field(default_factory=list)  # devloop Settings, never output
-    points: list[Splice | None] = field(default_factory=list)  # where trees were dropped
+    # `annotation_point` of each document, when find dropped the trees (else empty: the
+    # renderer finds the point in each document's tree)
+    points: list[Splice | None] = field(default_factory=list)
 
     @property
     def urls(self) -> list[str]:

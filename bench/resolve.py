@@ -1,13 +1,14 @@
-"""Benchmark `devloop resolve` against kbld on a 2,000-document stream, with no network.
+"""Benchmark `devloop resolve` against kbld at several stream sizes, with no network.
 
-The stream holds 2,000 Deployments using 200 distinct images: half are digest references, half
-are tags that preresolved overrides in a kbld `Config` document rewrite, so neither tool talks to
-a registry. Each tool runs as a subprocess (what a user waits for), 5 times after a warm-up; the
-table shows median wall and CPU time, documents per second and peak memory (the child's rusage).
+Each stream holds N Deployments using up to 200 distinct images: half are digest references,
+half are tags that preresolved overrides in a kbld `Config` document rewrite, so neither tool
+talks to a registry. Each tool runs as a subprocess (what a user waits for), `--runs` times after
+a warm-up; the table shows median and min wall time, median CPU time, documents per second and
+peak memory (the largest rusage of the runs). A one-document run is almost all start-up.
 kbld is looked for on PATH and in ~/.cache/devloop/bin, or built there with `go install` when
 the toolchain and the module are available (offline machines usually cannot).
 
-    python bench/resolve.py [--documents 2000] [--images 200] [--runs 5]
+    python bench/resolve.py [--sizes 1,2000,8000] [--images 200] [--runs 5]
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ def stream(documents: int, images: int) -> str:
 
 @dataclass(frozen=True)
 class Timing:
-    seconds: float  # wall
-    cpu_seconds: float  # user + system: steadier than wall on a shared machine
-    peak_mib: float
+    seconds: float  # wall, median of the runs
+    min_seconds: float  # wall, fastest run: the least disturbed by a busy machine
+    cpu_seconds: float  # user + system, median: steadier than wall on a shared machine
+    peak_mib: float  # the largest peak RSS of the runs
 
 
 def run_once(command: list[str]) -> Timing:
@@ -102,7 +104,7 @@ def run_once(command: list[str]) -> Timing:
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{errors.decode()[-2000:]}")
-    return Timing(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Timing(seconds, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 
 def measure(command: list[str], runs: int) -> Timing:
@@ -110,6 +112,7 @@ def measure(command: list[str], runs: int) -> Timing:
     timings = [run_once(command) for _ in range(runs)]
     return Timing(
         statistics.median(t.seconds for t in timings),
+        min(t.seconds for t in timings),
         statistics.median(t.cpu_seconds for t in timings),
         max(t.peak_mib for t in timings),
     )
@@ -146,11 +149,11 @@ def _build_kbld() -> str | None:
 
 def row(name: str, timing: Timing | None, documents: int) -> str:
     if timing is None:
-        return f"| {name:<28} | {'n/a':>8} | {'n/a':>8} | {'n/a':>9} | {'n/a':>8} |"
+        return f"| {name:<22} | {documents:>9,} |" + f" {'n/a':>8} |" * 5
     rate = documents / timing.seconds
     return (
-        f"| {name:<28} | {timing.seconds:8.3f} | {timing.cpu_seconds:8.3f} | {rate:9.0f} "
-        f"| {timing.peak_mib:8.1f} |"
+        f"| {name:<22} | {documents:>9,} | {timing.seconds:8.3f} | {timing.min_seconds:8.3f} "
+        f"| {timing.cpu_seconds:8.3f} | {rate:8.0f} | {timing.peak_mib:8.1f} |"
     )
 
 
@@ -158,36 +161,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--documents", type=int, default=2000)
+    parser.add_argument(
+        "--sizes", default="1,2000,8000", help="documents per stream, comma-separated"
+    )
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",") if size]
+    kbld = find_kbld()
+    rows: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        big, one = Path(tmp) / "big.yml", Path(tmp) / "one.yml"
-        big.write_text(stream(args.documents, args.images))
-        one.write_text(stream(1, 2))
-        size = big.stat().st_size / 1e6
-        print(f"input: {args.documents} documents, {size:.2f} MB, {args.images} images")
-        kbld = find_kbld()
-        results = [
-            ("devloop resolve, big", measure(devloop_command(big), args.runs), args.documents),
-            (
-                "kbld, big",
-                measure([kbld, "-f", str(big)], args.runs) if kbld else None,
-                args.documents,
-            ),
-            ("devloop resolve, 1 document", measure(devloop_command(one), args.runs), 1),
-            ("kbld, 1 document", measure([kbld, "-f", str(one)], args.runs) if kbld else None, 1),
-        ]
-    title = f"run (median of {args.runs})"
-    print(f"| {title:<28} | {'wall s':>8} | {'cpu s':>8} | {'docs/s':>9} | {'peak MiB':>8} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 10}|")
-    for name, timing, documents in results:
-        print(row(name, timing, documents))
+        for size in sizes:
+            path = Path(tmp) / f"{size}.yml"
+            path.write_text(stream(size, min(args.images, max(size, 2))))
+            megabytes = path.stat().st_size / 1e6
+            print(f"input: {size} documents, {megabytes:.2f} MB", flush=True)
+            rows.append(row("devloop resolve", measure(devloop_command(path), args.runs), size))
+            kbld_timing = measure([kbld, "-f", str(path)], args.runs) if kbld else None
+            rows.append(row("kbld", kbld_timing, size))
+    print(
+        f"| {'run (' + str(args.runs) + ' runs)':<22} | {'documents':>9} | {'wall s':>8} "
+        f"| {'min s':>8} | {'cpu s':>8} | {'docs/s':>8} | {'peak MiB':>8} |"
+    )
+    print(f"|{'-' * 24}|{'-' * 11}|" + f"{'-' * 10}|" * 5)
+    print("\n".join(rows))
     if kbld is None:
         print(
-            "kbld: not available here; perf-facts.md measured kbld 0.42.0 at 1.80 s / 59 MiB (big)"
-            " and 0.036 s / 16 MiB (1 document) on the CI VM type"
+            "kbld: not available here; perf-facts.md measured kbld at 0.01-0.02 s / 18 MiB (1"
+            " document), 1.25-1.40 s / 63 MiB (2,000) and 5.01 s / 186 MiB (8,000) on the CI VM"
+            " type"
         )
 
 

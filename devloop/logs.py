@@ -9,15 +9,14 @@ with one `write()` under a lock.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import re
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Literal, Protocol, TextIO
+from typing import IO, TYPE_CHECKING, Literal, Protocol, TextIO
 
-import structlog
+if TYPE_CHECKING:  # structlog costs ~0.1 s to import: `devloop resolve` never needs it
+    from structlog.typing import Processor
 
 _COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
 _RESET = "\033[0m"
@@ -118,6 +117,8 @@ class LineWriter:
     def _paint(self, prefix: str) -> str:
         if not self.color:
             return prefix
+        import hashlib
+
         # Hash, not order of appearance: an image keeps its color across runs and restarts.
         index = hashlib.sha1(prefix.encode()).digest()[0] % len(_COLORS)
         return f"{_COLORS[index]}{prefix}{_RESET}"
@@ -144,16 +145,18 @@ def _is_tty(stream: TextIO) -> bool:
 def configure_logging(
     fmt: Literal["console", "json"] | None = None,
     stream: TextIO | None = None,
-    level: int = logging.INFO,
+    level: int = 20,  # logging.INFO
 ) -> None:
     """Send structlog and the stdlib loggers (docker, urllib3, kubernetes) to one output.
 
     `fmt` None picks console on a terminal and JSON lines otherwise. Calling again replaces the
     previous set-up, so tests may point it at their own stream.
     """
+    import structlog
+
     stream = stream if stream is not None else sys.stderr
     fmt = fmt or ("console" if _is_tty(stream) else "json")
-    shared: list[structlog.typing.Processor] = [
+    shared: list[Processor] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -167,7 +170,9 @@ def configure_logging(
     _install_root_handler(stream, _renderer(fmt, stream), shared, level)
 
 
-def _renderer(fmt: str, stream: TextIO) -> structlog.typing.Processor:
+def _renderer(fmt: str, stream: TextIO) -> Processor:
+    import structlog
+
     if fmt == "json":
         return structlog.processors.JSONRenderer()
     return structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
@@ -175,10 +180,14 @@ def _renderer(fmt: str, stream: TextIO) -> structlog.typing.Processor:
 
 def _install_root_handler(
     stream: TextIO,
-    renderer: structlog.typing.Processor,
-    shared: list[structlog.typing.Processor],
+    renderer: Processor,
+    shared: list[Processor],
     level: int,
 ) -> None:
+    import logging
+
+    import structlog
+
     handler = logging.StreamHandler(stream)
     handler.set_name("devloop")
     handler.setFormatter(

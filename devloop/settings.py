@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from devloop.errors import ConfigError
-
-SETTINGS_API_VERSION = "devloop.dev/v1alpha1"
-SETTINGS_KIND = "Settings"
+from devloop.kbld.model import SETTINGS_API_VERSION as SETTINGS_API_VERSION
+from devloop.kbld.model import SETTINGS_KIND as SETTINGS_KIND
+from devloop.kbld.model import is_settings_document as is_settings_document
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,6 @@ _FILE_KEYS: Mapping[str, tuple[str, type | tuple[type, ...]]] = {
     "target": ("target", str),
 }
 _ENV_PREFIX = "DEVLOOP_"
-
-
-def is_settings_document(data: Any) -> bool:
-    return (
-        isinstance(data, dict)
-        and data.get("apiVersion") == SETTINGS_API_VERSION
-        and data.get("kind") == SETTINGS_KIND
-    )
 
 
 def from_document(data: Mapping[str, Any], where: str) -> dict[str, Any]:

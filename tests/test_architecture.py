@@ -42,3 +42,23 @@ def test_resolve_does_not_import_docker_or_kubernetes_at_start_up() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_digest_only_resolve_imports_no_async_logging_or_tls_stack(tmp_path: Path) -> None:
+    digest = "sha256:" + "0" * 64
+    manifest = tmp_path / "one.yml"
+    manifest.write_text(
+        "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n"
+        f"- image: app:1\n  newImage: reg.local/app@{digest}\n  preresolved: true\n"
+        "---\nkind: Pod\nspec:\n  containers:\n"
+        f"  - image: app:1\n  - image: reg.local/db@{digest}\n"
+    )
+    heavy = ("anyio", "structlog", "ssl", "logging", "devloop.settings", "devloop.kbld.registry")
+    code = (
+        "import contextlib, io, sys, devloop.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = devloop.cli.main(['resolve', '-f', {str(manifest)!r}], io.StringIO())\n"
+        f"print(code, sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0 []"

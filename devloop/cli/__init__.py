@@ -19,10 +19,30 @@ _FALSE = {"false", "0", "no", "off", "f"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with kbld's error shape: one `devloop: Error:` line and exit 1, not usage + 2."""
+    """argparse with kbld's error shape: one `devloop: Error:` line and exit 1, not usage + 2.
+
+    A subcommand's arguments may be added only when that subcommand is parsed (`defer`): the
+    `up` flags need `devloop.settings` for their defaults, and `resolve` should not pay for it.
+    """
+
+    fill: Callable[[argparse.ArgumentParser], None] | None = None
 
     def error(self, message: str) -> NoReturn:
         self.exit(1, f"devloop: Error: {message}. See `{self.prog} --help`\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.fill is not None:
+            fill, self.fill = self.fill, None
+            fill(self)
+        return super().parse_known_args(args, namespace)
+
+
+def defer(parser: argparse.ArgumentParser, fill: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add `parser`'s arguments with `fill` when it is first used, not when it is built."""
+    assert isinstance(parser, _Parser)  # every subparser is: add_subparsers uses our class
+    parser.fill = fill
 
 
 def parse_bool(text: str) -> bool:
@@ -138,10 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_daemon_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    try:
-        from devloop.cli.up import add_parsers
-    except ImportError:  # the daemon is optional while it is being built
-        return
+    from devloop.cli.up import add_parsers
+
     add_parsers(sub)
 
 

@@ -1,7 +1,9 @@
 """Command-line surface of `devloop up` and `devloop down`.
 
 Flags left unset are None, so that `settings.settle` can let the environment and the project's
-Settings document fill them; only what the user typed wins over the file.
+Settings document fill them; only what the user typed wins over the file. The flags are added
+only when `up` or `down` is parsed, so that building the parser imports neither the settings nor
+the loop.
 """
 
 from __future__ import annotations
@@ -9,11 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from devloop.settings import Settings
-
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from devloop.cli import add_bool
+    from devloop.cli import defer
 
     up = sub.add_parser(
         "up",
@@ -22,6 +22,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "whose inputs changed, re-render and resolve the manifests with the new digests, apply "
         "them with server-side apply and wait for the rollout. Ctrl-C stops.",
     )
+    defer(up, _up_arguments)
+    up.set_defaults(run=_run_up)
+
+    down = sub.add_parser(
+        "down",
+        help="delete the app's resources",
+        description="Delete everything `devloop up` applied for the app.",
+    )
+    defer(down, _down_arguments)
+    down.set_defaults(run=_run_down)
+
+
+def _up_arguments(up: argparse.ArgumentParser) -> None:
+    from devloop.cli import add_bool
+    from devloop.settings import Settings
+
     _common(up)
     up.add_argument(
         "--render",
@@ -70,16 +86,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="console lines on stderr, or JSON lines on stdout (default console)",
     )
     _add_target(up)
-    up.set_defaults(run=_run_up)
 
-    down = sub.add_parser(
-        "down",
-        help="delete the app's resources",
-        description="Delete everything `devloop up` applied for the app.",
-    )
+
+def _down_arguments(down: argparse.ArgumentParser) -> None:
     _common(down)
     _add_target(down)
-    down.set_defaults(run=_run_down)
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:

@@ -140,15 +140,23 @@ def _merge(parts: list[_Part]) -> Config:
     )
 
 
+def is_config_document(data: Any) -> bool:
+    """True for what `load_config` takes (or rejects as a bad kbld document), not a manifest."""
+    if not isinstance(data, dict):
+        return False
+    api, kind = data.get("apiVersion"), data.get("kind")
+    if api == IMGPKG_API_VERSION and kind == IMAGES_LOCK_KIND:
+        return True
+    return isinstance(api, str) and api.startswith(f"{KBLD_GROUP}/")
+
+
 def _read_document(data: Any, r: Reader) -> _Part | None:
     """The config in `data`, or None when it is not a config document."""
-    if not isinstance(data, dict):
+    if not is_config_document(data):
         return None
     api, kind = data.get("apiVersion"), data.get("kind")
     if api == IMGPKG_API_VERSION and kind == IMAGES_LOCK_KIND:
         return _Part(overrides=_images_lock(data, r))
-    if not isinstance(api, str) or not api.startswith(f"{KBLD_GROUP}/"):
-        return None
     if api != KBLD_API_VERSION:
         raise r.error("apiVersion", f"'{api}' is not a kbld config version", _use_api())
     if kind not in KBLD_KINDS:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,14 +51,23 @@ class Document:
 
 def read_inputs(paths: Sequence[str], stdin: TextIO) -> list[Document]:
     """The non-empty documents of every input, in kbld's order, `List`s expanded."""
-    stdin_text: list[str] = []
-    documents: list[Document] = []
     with _collector_paused():
-        for name in _expand(paths):
-            text = _read(name, stdin, stdin_text)
-            for doc in split_documents(text, "stdin" if name == "-" else name):
-                documents.extend(_expand_list(_checked(doc)))
-    return documents
+        return list(iter_documents(paths, stdin))
+
+
+def iter_documents(paths: Sequence[str], stdin: TextIO) -> Iterator[Document]:
+    """`read_inputs` one document at a time, for a caller that keeps less than each one."""
+    stdin_text: list[str] = []
+    for name in _expand(paths):
+        text = _read(name, stdin, stdin_text)
+        for doc in split_documents(text, "stdin" if name == "-" else name):
+            yield from _expand_list(_checked(doc))
+
+
+def reparsed(doc: Document) -> Document:
+    """`doc` with its node tree and data again, from its own text (after a caller dropped them)."""
+    again = _parse(doc.file, doc.index, doc.text, doc.line, doc.column)
+    return replace(doc, node=again.node, data=again.data)
 
 
 def _expand(paths: Sequence[str]) -> Iterator[str]:

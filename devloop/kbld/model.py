@@ -15,9 +15,21 @@ KBLD_API_VERSION = "kbld.k14s.io/v1alpha1"
 KBLD_KINDS = ("Config", "Sources", "ImageOverrides", "ImageDestinations", "ImageKeys")
 IMGPKG_API_VERSION = "imgpkg.carvel.dev/v1alpha1"
 IMAGES_ANNOTATION = "kbld.k14s.io/images"
+# devloop's own Settings document (read by `devloop.settings`) rides in the same stream and, like
+# kbld's config kinds, is never output; resolving only needs to recognise it.
+SETTINGS_API_VERSION = "devloop.dev/v1alpha1"
+SETTINGS_KIND = "Settings"
 
 # An origin in kbld's current annotation format, e.g. {"local": {"path": "/src/app"}}.
 Origin = Mapping[str, Any]
+
+
+def is_settings_document(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and data.get("apiVersion") == SETTINGS_API_VERSION
+        and data.get("kind") == SETTINGS_KIND
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,8 @@ class Source:
 
 @dataclass(frozen=True)
 class Override:
+    """Use `new_image` for references matching `ref`; `preresolved` ends resolution there."""
+
     ref: ImageRef
     new_image: str
     preresolved: bool = False
@@ -86,12 +100,16 @@ PathPart = str | int | AllIndexes
 
 @dataclass(frozen=True)
 class KeyMatcher:
+    """A search rule's key test: the last key is `name`, or the whole key path is `path`."""
+
     name: str | None = None
     path: tuple[PathPart, ...] | None = None
 
 
 @dataclass(frozen=True)
 class ValueMatcher:
+    """A search rule's value test: the string is `image`, or its repository is `image_repo`."""
+
     image: str | None = None
     image_repo: str | None = None
 
@@ -101,6 +119,8 @@ Strategy = Literal["entireValue", "none", "json", "yaml"]
 
 @dataclass(frozen=True)
 class SearchRule:
+    """kbld's `searchRules` entry (or a `keys` name): where references are, and how to edit them."""
+
     key_matcher: KeyMatcher | None = None
     value_matcher: ValueMatcher | None = None
     strategy: Strategy = "entireValue"

@@ -26,6 +26,8 @@ _REPO_PART = re.compile(
 
 @dataclass(frozen=True)
 class Reference:
+    """A parsed image reference, the registry and repository normalised."""
+
     registry: str
     repository: str
     tag: str | None = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,23 +38,44 @@ _TRAILING_BLANKS = re.compile(r"\n(?:[ \t]*\n)*\Z")
 
 
 def render(
-    doc: Document, sites: Sequence[ImageSite], resolved: Mapping[str, Resolved], annotate: bool
+    doc: Document,
+    sites: Sequence[ImageSite],
+    resolved: Mapping[str, Resolved],
+    annotate: bool,
+    point: Splice | None = None,
 ) -> str:
-    """`doc`'s text with every site's reference replaced by its resolution."""
+    """`doc`'s text with every site's reference replaced by its resolution.
+
+    `point` is `annotation_point(doc)` taken before the caller dropped `doc.node`; without it,
+    the place for the annotation is found in `doc.node`.
+    """
     edits = [e for e in (_scalar_edit(doc.text, g, resolved) for g in _by_scalar(sites)) if e]
     entries = [resolved[site.value] for site in sites]
     value = origins_yaml(entries) if annotate else ""
     if not value:
         return _apply(doc.text, edits)
-    note = _annotation_edit(doc.text, doc.node)
+    note = point or _annotation_edit(doc.text, doc.node)
     if note is not None and not any(_overlaps(note, edit) for edit in edits):
         return _apply(doc.text, [*edits, note(value)])
     return _annotate_round_trip(doc, _apply(doc.text, edits), value)
 
 
+def annotation_point(doc: Document) -> Splice | None:
+    """Where `render` splices the annotation into `doc.text` (None: only a round trip can).
+
+    A few numbers instead of the node tree, so that a caller can drop the tree before rendering.
+    """
+    return _annotation_edit(doc.text, doc.node)
+
+
 def render_stream(texts: Iterable[str]) -> str:
     """Documents joined as kbld prints them: each after `---`, each ending with a newline."""
-    return "".join(f"---\n{text}" if text.endswith("\n") else f"---\n{text}\n" for text in texts)
+    return "".join(stream_pieces(texts))
+
+
+def stream_pieces(texts: Iterable[str]) -> Iterator[str]:
+    """`render_stream` piece by piece, for a writer that need not hold the whole stream."""
+    return (f"---\n{text}" if text.endswith("\n") else f"---\n{text}\n" for text in texts)
 
 
 def origins_yaml(entries: Iterable[Resolved]) -> str:
@@ -214,7 +235,7 @@ def _apply(text: str, edits: list[Edit]) -> str:
     return text
 
 
-def _overlaps(note: _Splice, edit: Edit) -> bool:
+def _overlaps(note: Splice, edit: Edit) -> bool:
     return note.start < edit[1] and edit[0] < note.end
 
 
@@ -222,7 +243,7 @@ def _overlaps(note: _Splice, edit: Edit) -> bool:
 
 
 @dataclass(frozen=True)
-class _Splice:
+class Splice:
     """Where the annotation goes: text[start:end] becomes an entry at `indent`, nested in the
     `wrap` keys (`metadata:`, `annotations:`) that are missing."""
 
@@ -243,7 +264,7 @@ class _Splice:
         return self.start, self.end, self.lead + head + body
 
 
-def _annotation_edit(text: str, root: yaml.Node | None) -> _Splice | None:
+def _annotation_edit(text: str, root: yaml.Node | None) -> Splice | None:
     """Where to splice the annotation, or None when the shape needs the round trip."""
     if not _is_block(root):
         return None
@@ -266,7 +287,7 @@ def _annotation_edit(text: str, root: yaml.Node | None) -> _Splice | None:
         if _ends_at_line_start(value)
         else _line_end(text, value.end_mark.index)
     )
-    return _Splice(key.start_mark.index, end, key.start_mark.column, first_padded=False)
+    return Splice(key.start_mark.index, end, key.start_mark.column, first_padded=False)
 
 
 def _is_block(node: yaml.Node | None) -> bool:
@@ -284,12 +305,12 @@ def _value_of(node: yaml.Node | None, key: str) -> yaml.Node | None:
     return None if found is None else found[1]
 
 
-def _append(text: str, mapping: yaml.Node | None, wrap: Sequence[str]) -> _Splice:
+def _append(text: str, mapping: yaml.Node | None, wrap: Sequence[str]) -> Splice:
     assert isinstance(mapping, yaml.MappingNode)
     indent = mapping.value[0][0].start_mark.column
     at = _past_deeper_comments(text, _after_last_leaf(text, mapping), indent)
     lead = "" if at == 0 or text[at - 1] == "\n" else "\n"
-    return _Splice(at, at, indent, tuple(wrap), lead)
+    return Splice(at, at, indent, tuple(wrap), lead)
 
 
 def _after_last_leaf(text: str, node: yaml.Node) -> int:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 
 from devloop.errors import DevloopError, PermanentError, RegistryError
-from devloop.kbld.model import Config, Origin, Override, Resolved, Source
-from devloop.kbld.references import DEFAULT_TAG, is_digest, parse_reference, repo_of
+from devloop.kbld.model import Config, Origin, Resolved, Source
+from devloop.kbld.offline import raise_failures, resolve_offline
+from devloop.kbld.references import DEFAULT_TAG, parse_reference, repo_of
 
 if TYPE_CHECKING:
     from devloop.kbld.building import Engine
@@ -35,16 +36,6 @@ class ResolveOptions:
     # `devloop up` only: a tag the registry cannot resolve is used as written (and reported)
     # rather than blocking the deploy, as Skaffold and Tilt leave images they do not build.
     keep_unresolved_tags: bool = False
-
-
-class ResolveErrors(DevloopError):
-    """Several references failed; each line names the reference, as kbld's list does."""
-
-    def __init__(self, failures: Mapping[str, DevloopError]) -> None:
-        self.failures = dict(failures)
-        self.retryable = all(error.retryable for error in failures.values())
-        lines = [f"- Resolving image '{url}': {error}" for url, error in sorted(failures.items())]
-        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -75,13 +66,7 @@ class Resolver:
         async with anyio.create_task_group() as tg:
             for url in sorted(set(urls)):
                 tg.start_soon(one, url)
-        if len(failures) == 1:
-            url, error = next(iter(failures.items()))
-            if isinstance(error, RegistryError):  # it names the host; say which image too
-                raise error.in_context(f"Resolving image '{url}': ") from error
-            raise error
-        if failures:
-            raise ResolveErrors(failures)
+        raise_failures(failures)
         return results
 
     async def resolve(
@@ -89,16 +74,15 @@ class Resolver:
     ) -> Resolved:
         if url in prebuilt:  # keyed by the reference as found, like the daemon's lanes
             return prebuilt[url]
+        offline = resolve_offline(self.config, url)
+        if offline is not None:
+            return offline
         override = self.config.override_for(url)
         if override is not None:
-            if override.preresolved:
-                return _preresolved(override)
             url = override.new_image
         source = self.config.source_for(url)
         if source is not None:
             return await self._build(url, source, limiter)
-        if is_digest(url):
-            return Resolved(parse_reference(url).with_digest(url.rpartition("@")[2]))
         return await self._resolve_tag(url, limiter)
 
     async def _build(self, url: str, source: Source, limiter: anyio.CapacityLimiter) -> Resolved:
@@ -173,14 +157,6 @@ def build_source(
     if destination.tags:
         origins.append({"tagged": {"tags": list(destination.tags)}})
     return Resolved(final, tuple(origins))
-
-
-def _preresolved(override: Override) -> Resolved:
-    origins: list[Any] = list(override.origins)
-    mine = {"preresolved": {"url": override.new_image}}
-    if mine not in origins:
-        origins.append(mine)
-    return Resolved(override.new_image, tuple(origins))
 
 
 def _cancelled() -> bool:

@@ -53,6 +53,8 @@ class ImageSite:
 
 @dataclass(frozen=True)
 class _Hit(Generic[T]):
+    """A reference found by the walk, with the leaf (node or value) that holds it."""
+
     path: tuple[Key, ...]
     leaf: T
     value: str

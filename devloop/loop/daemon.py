@@ -312,6 +312,8 @@ async def run(flags: dict[str, Any]) -> int:
     events = Events(settings.log_format, tee_dir=Path(LOG_DIR))
     controller = Controller(settings, flags, events)
     try:
+        if settings.resolved_target() == "kubernetes":
+            await controller.deployer.cluster()  # a kubeconfig it cannot use ends `up` at once
         async with anyio.create_task_group() as tg:
             tg.start_soon(_signals, tg.cancel_scope, events)
             await controller.run()

@@ -168,3 +168,13 @@ def test_a_step_does_not_hand_its_lock_to_what_it_leaves_running(tmp_path: Path)
         os.kill(int(pid), signal.SIGKILL)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("dev-env: spawn ...") == 2
+
+
+def test_a_step_whose_command_takes_a_lock_of_the_same_name_does_not_wait_for_itself(
+    tmp_path: Path,
+) -> None:
+    # scripts/docker-cli-image locks $DEVLOOP_CACHE_DIR/locks/docker-cli-image.lock itself.
+    lock = tmp_path / "cache" / "locks" / "same.lock"
+    done = run_steps(tmp_path, f"step same flock {lock} true")
+
+    assert done.returncode == 0, done.stderr

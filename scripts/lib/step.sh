@@ -19,7 +19,7 @@ step() {
   fi
   mkdir -p "$DEVLOOP_CACHE/logs" "$DEVLOOP_CACHE/locks"
   log=$DEVLOOP_CACHE/logs/dev-env-$name.log
-  lock=$DEVLOOP_CACHE/locks/$name.lock
+  lock=$DEVLOOP_CACHE/locks/dev-env-$name.lock  # not the name a script may lock itself
   start=$EPOCHREALTIME
   printf 'dev-env: %s ...' "$name" >&2
   # fd 9 holds the lock; `9>&-` keeps it from leaking into what CMD starts (e.g. dockerd),

@@ -80,6 +80,11 @@ def test_a_kubeconfig_that_is_yaml_but_no_kubeconfig_is_one_line(app: Path) -> N
     assert_one_error_line(done, "kubeconfig kubeconfig: not a kubeconfig")
 
 
+def test_a_missing_kubeconfig_is_one_line_naming_it(app: Path) -> None:
+    done = up(app, "--kubeconfig", "nothere")
+    assert_one_error_line(done, "kubeconfig nothere: no such file")
+
+
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
 def test_the_inotify_watch_limit_is_one_line_saying_which_sysctl_to_raise(app: Path) -> None:
     # A real limit, in a user namespace of its own: user.max_inotify_watches is counted per

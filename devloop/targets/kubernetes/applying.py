@@ -231,6 +231,9 @@ def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     configuration = client.Configuration()
     configuration.retries = 1  # one quick reconnect; the daemon retries the whole step
+    if not any(os.path.isfile(part) for part in path.split(os.pathsep)):
+        hint = "Pass --kubeconfig or set KUBECONFIG"
+        raise InputError(f"kubeconfig {path}", "no such file", hint)
     try:
         config.load_kube_config(path, context, client_configuration=configuration)
         contexts, active = config.list_kube_config_contexts(path)
@@ -254,7 +257,7 @@ def _kubeconfig_problem(error: Exception) -> str:
         return f"not YAML: {error}"
     if isinstance(error, TypeError | AttributeError | KeyError | IndexError):
         return "not a kubeconfig (a YAML mapping with clusters, contexts and users)"
-    return f"cannot use it: {error}"
+    return f"cannot use it: {str(error).rstrip('.')}"
 
 
 def _unreachable(server: str, error: Exception) -> str:

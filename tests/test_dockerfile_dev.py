@@ -112,6 +112,18 @@ def test_the_image_has_the_docker_cli_and_reaches_the_host_engine(dev_image: str
     assert done.stdout.strip()
 
 
+def test_the_image_has_buildx_when_the_cli_image_has_it(dev_image: str, engine: Engine) -> None:
+    labels = engine.api.inspect_image(BASES[1])["Config"].get("Labels") or {}
+    if labels.get("devloop.buildx", "yes") == "no":
+        pytest.skip(f"{BASES[1]} was made without a buildx plugin (none on this host)")
+    mounts = ("--entrypoint", "docker")
+
+    done = docker_run(dev_image, "buildx", "version", mounts=mounts)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("github.com/docker/buildx ")
+
+
 def test_resolve_in_the_image_builds_a_source_through_the_host_engine(
     dev_image: str, engine: Engine, leftovers: Leftovers, tmp_path: Path
 ) -> None:

@@ -88,11 +88,16 @@ def test_nesting_that_crashes_libyaml_is_a_located_error(tmp_path: Path) -> None
     assert_located_error(done, f"nested more than {MAX_DEPTH} levels deep at line 4")
 
 
-def test_nesting_up_to_the_bound_is_read(tmp_path: Path) -> None:
-    inner = MAX_DEPTH - 3  # the document, `data` and `deep` are levels too
-    text = HEAD + "data:\n  deep: " + "{a: " * inner + "1" + "}" * inner + "\n"
-    done = resolve(tmp_path, text)
-    assert done.returncode == 0, done.stderr[-2000:]
+@pytest.mark.parametrize("anchor", ["", "&x "], ids=["plain", "anchored"])
+def test_nesting_up_to_the_bound_is_read_and_one_more_level_is_not(
+    tmp_path: Path, anchor: str
+) -> None:
+    def nested(levels: int) -> str:
+        inner = levels - 1  # the document's mapping is a level too
+        return HEAD + f"data: {anchor}" + "{a: " * inner + "1" + "}" * inner + "\n"
+
+    assert resolve(tmp_path, nested(MAX_DEPTH)).returncode == 0
+    assert_located_error(resolve(tmp_path, nested(MAX_DEPTH + 1)), "levels deep at line 4")
 
 
 def test_an_oversized_document_is_a_located_error(tmp_path: Path) -> None:

@@ -254,7 +254,7 @@ def _construct(loader: _Loader, node: yaml.Node, anchored: bool) -> Any:
             return _plain(loader, node, 0)
         except _NeedsConstructor:
             pass
-    check_graph(node)
+    _check_graph(node)
     return loader.construct_document(node)
 
 
@@ -266,7 +266,7 @@ def _plain(loader: _Loader, node: yaml.Node, depth: int) -> Any:
     tag = node.tag
     if tag == _STR:
         return node.value
-    if depth >= MAX_DEPTH:
+    if depth >= MAX_DEPTH and isinstance(node, yaml.CollectionNode):
         raise _too_deep(node.start_mark)
     if tag == _MAP:
         entries = _entries(node)
@@ -305,7 +305,7 @@ def _duplicate_key(entries: list[tuple[yaml.Node, yaml.Node]]) -> _TooMuch:
     return _TooMuch("duplicate keys", entries[0][0].start_mark, "YAML keys must be unique")
 
 
-def check_graph(root: yaml.Node) -> None:
+def _check_graph(root: yaml.Node) -> None:
     """Depth, alias expansion, self-containing aliases and duplicate keys of a node graph in
     which aliases share nodes. Iterative, and each node is visited once however often it is
     aliased: `expanded` counts what a tree walk would see."""
@@ -320,7 +320,8 @@ def check_graph(root: yaml.Node) -> None:
         if done:
             on_path.discard(key)
             expanded[key] = 1 + sum(expanded[id(c)] for c in children)
-            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            levels = 1 if isinstance(node, yaml.CollectionNode) else 0
+            depth[key] = levels + max((depth[id(c)] for c in children), default=0)
             if depth[key] > MAX_DEPTH:
                 raise _too_deep(node.start_mark)
             continue

@@ -190,7 +190,7 @@ def _parse(file: str, index: int, text: str, line: int, column: int) -> Document
         )
     loader = _Loader(text)
     try:
-        if _nesting_bound(text) > _SAFE_TO_COMPOSE:
+        if len(text) > _SAFE_TO_COMPOSE and _nesting_bound(text) > _SAFE_TO_COMPOSE:
             _check_event_depth(text)
         node = loader.get_single_node()
         data = None if node is None else _construct(loader, node, "&" in text)
@@ -227,7 +227,8 @@ def _too_deep(mark: Any) -> _TooMuch:
 
 def _nesting_bound(text: str) -> int:
     """An upper bound of the document's nesting, cheap to compute: flow brackets, plus block
-    levels, which need either more indentation or another `- `/`? ` on one line."""
+    levels, which need either more indentation or another `- `/`? ` on one line. (Every level
+    takes a character, so a text shorter than the safe depth needs no bound at all.)"""
     longest = max(map(len, text.split("\n")))
     return text.count("[") + text.count("{") + 2 * longest + 1
 
@@ -322,8 +323,6 @@ def _check_graph(root: yaml.Node) -> None:
             expanded[key] = 1 + sum(expanded[id(c)] for c in children)
             levels = 1 if isinstance(node, yaml.CollectionNode) else 0
             depth[key] = levels + max((depth[id(c)] for c in children), default=0)
-            if depth[key] > MAX_DEPTH:
-                raise _too_deep(node.start_mark)
             continue
         if key in on_path:
             raise _TooMuch(
@@ -336,7 +335,17 @@ def _check_graph(root: yaml.Node) -> None:
         on_path.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in children if id(child) not in expanded)
+    if depth[id(root)] > MAX_DEPTH:
+        raise _too_deep(_first_too_deep(root, depth).start_mark)
     _check_expansion(root, expanded)
+
+
+def _first_too_deep(root: yaml.Node, depth: dict[int, int]) -> yaml.Node:
+    """The first collection past the bound on the deepest path (`depth` holds the heights)."""
+    node = root
+    for _ in range(MAX_DEPTH):
+        node = max(_children(node), key=lambda child: depth[id(child)])
+    return node
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from asyncio import CancelledError
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
@@ -191,6 +190,8 @@ def expected_error(group: BaseExceptionGroup[BaseException]) -> DevloopError | N
 
     Cancellation leaves are the sibling tasks the failure stopped, so they do not count.
     """
+    from asyncio import CancelledError  # anyio's backend; imported late like the SDKs
+
     leaves = _leaves(group)
     if any(not isinstance(leaf, DevloopError | CancelledError) for leaf in leaves):
         return None

@@ -88,7 +88,7 @@ def test_a_missing_kubeconfig_is_an_input_error_naming_the_file(tmp_path: Path) 
     missing = tmp_path / "nope.yaml"
     with pytest.raises(InputError) as raised:
         Cluster(str(missing))
-    assert str(raised.value).startswith(f"kubeconfig {missing}: cannot use it")
+    assert str(raised.value).startswith(f"kubeconfig {missing}: no such file")
 
 
 def test_a_manifest_without_a_name_is_rejected_before_anything_is_sent() -> None:

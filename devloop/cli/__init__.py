@@ -194,6 +194,32 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int
         return 130
     except BrokenPipeError:
         return 1
+    except BaseExceptionGroup as group:
+        # `up` runs in task groups: a failure in any task arrives wrapped, maybe twice over.
+        expected = expected_error(group)
+        if expected is None:
+            raise  # a bug: the traceback is the report
+        err.write(f"devloop: Error: {expected}\n")
+        return 1
+
+
+def expected_error(group: BaseExceptionGroup[BaseException]) -> DevloopError | None:
+    """The first DevloopError of a (nested) exception group whose every leaf is expected.
+
+    Cancellation leaves are the sibling tasks the failure stopped, so they do not count.
+    """
+    from asyncio import CancelledError  # anyio's backend; imported late like the SDKs
+
+    leaves = _leaves(group)
+    if any(not isinstance(leaf, DevloopError | CancelledError) for leaf in leaves):
+        return None
+    return next((leaf for leaf in leaves if isinstance(leaf, DevloopError)), None)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, get_args
 
-import yaml
-
-from devloop.errors import ConfigError
+from devloop.errors import ConfigError, ManifestError
+from devloop.kbld.documents import parse_embedded
 from devloop.kbld.model import (
     IMGPKG_API_VERSION,
     KBLD_API_VERSION,
@@ -399,7 +398,8 @@ def _lock_entry(item: Any, path: str, r: Reader) -> Override:
 def _lock_origins(text: str | None, path: str, r: Reader) -> tuple[Origin, ...]:
     key = f'{join(path, "annotations")}["{LOCK_ORIGINS_ANNOTATION}"]'
     try:
-        value = yaml.safe_load(text) if text else None
-    except yaml.YAMLError as error:
+        values = parse_embedded(text, key) if text else []
+    except ManifestError as error:
         raise r.error(key, "not valid YAML", "Write a YAML list of origins") from error
+    value = values[0] if values else None
     return _origins(value, key, r)

@@ -5,6 +5,13 @@ own text next to the libyaml node tree (whose marks index into that text) and th
 The stream is split on document markers by a regex rather than by a YAML library: YAML forbids
 `---` and `...` at the start of a line inside any scalar, so the split is exact, and it is ~100x
 faster than letting a parser find the boundaries. Each piece is then parsed once by libyaml.
+
+Manifests are input from anywhere (`ytt ... | devloop resolve -f-`), so every document is
+bounded before anything walks it: its size, its nesting (libyaml's composer recurses in C and
+crashes the process on ~100,000 nested brackets, so deep text is measured on the parser's
+events first), what its aliases expand to (nine levels of nine aliases are 387 million nodes
+to a walker, kbld's "excessive aliasing"), aliases that contain themselves, and duplicate keys.
+Each is one located error.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ EXTENSIONS = (".yml", ".yaml", ".json")
 _MARKER = re.compile(r"^(---|\.\.\.)(?=[ \t\r\n]|\Z)", re.MULTILINE)
 _LINE_REST = re.compile(r"[ \t]*(?:\r?\n)?")
 _STR, _MAP, _SEQ = (f"tag:yaml.org,2002:{name}" for name in ("str", "map", "seq"))
+_MERGE = "tag:yaml.org,2002:merge"
+MAX_DOCUMENT_CHARS = 8 << 20  # one document's text; the API server stores at most 1.5 MiB
+MAX_DEPTH = 200  # nested mappings and sequences; deep CRD schemas reach about 60
+MAX_ALIAS_NODES = 100_000  # nodes that aliases may add to a document once expanded
+# libyaml's composer recurses once per level: text that cannot nest deeper than this is safe.
+_SAFE_TO_COMPOSE = 2_000
 
 
 @dataclass
@@ -122,6 +135,12 @@ def split_documents(text: str, file: str) -> Iterator[Document]:
             yield doc
 
 
+def parse_embedded(text: str, what: str) -> list[Any]:
+    """The values of the non-empty documents of YAML held in a string (an annotation, a
+    yaml-strategy value), under the same bounds as a manifest; errors name `what`."""
+    return [doc.data for doc in split_documents(text, what) if doc.data is not None]
+
+
 def _pieces(text: str) -> Iterator[tuple[str, int, int, bool]]:
     """(text, line, column, opened by `---`) of each stretch between document markers."""
     start, explicit, line = 0, False, 0
@@ -170,42 +189,103 @@ class _Loader(yaml.CSafeLoader):
 
 
 def _parse(file: str, index: int, text: str, line: int, column: int) -> Document:
+    where = location(file, index)
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise ManifestError(
+            where,
+            f"the document is {len(text) / (1 << 20):.1f} MiB, more than the "
+            f"{MAX_DOCUMENT_CHARS >> 20} MiB devloop reads",
+            "Split it into smaller documents",
+        )
     loader = _Loader(text)
     try:
+        if len(text) > _SAFE_TO_COMPOSE and _nesting_bound(text) > _SAFE_TO_COMPOSE:
+            _check_event_depth(text)
         node = loader.get_single_node()
         data = None if node is None else _construct(loader, node, "&" in text)
+    except _TooMuch as error:
+        raise error.located(where, line) from None
     except yaml.MarkedYAMLError as error:
-        raise _syntax_error(location(file, index), error, line, column) from error
+        raise _syntax_error(where, error, line, column) from error
     except yaml.YAMLError as error:
-        raise ManifestError(location(file, index), f"invalid YAML: {error}") from error
+        raise ManifestError(where, f"invalid YAML: {error}") from error
     finally:
         loader.dispose()
     return Document(file, index, text, node, data, line, column)
 
 
+class _TooMuch(Exception):
+    """A bound the document breaks, at a mark of its own text (made absolute by `located`)."""
+
+    def __init__(self, problem: str, mark: Any, hint: str, first: Any = None) -> None:
+        super().__init__(problem)
+        self.problem, self.mark, self.hint, self.first = problem, mark, hint, first
+
+    def located(self, where: str, line: int) -> ManifestError:
+        at = f" at line {line + self.mark.line + 1}" if self.mark is not None else ""
+        if self.first is not None:
+            at += f" (first at line {line + self.first.line + 1})"
+        return ManifestError(where, self.problem + at, self.hint)
+
+
+def _too_deep(mark: Any) -> _TooMuch:
+    return _TooMuch(
+        f"nested more than {MAX_DEPTH} levels deep", mark, "Flatten the structure there"
+    )
+
+
+def _nesting_bound(text: str) -> int:
+    """An upper bound of the document's nesting, cheap to compute: flow brackets, plus block
+    levels, which need either more indentation or another `- `/`? ` on one line. (Every level
+    takes a character, so a text shorter than the safe depth needs no bound at all.)"""
+    longest = max(map(len, text.split("\n")))
+    return text.count("[") + text.count("{") + 2 * longest + 1
+
+
+def _check_event_depth(text: str) -> None:
+    """Nesting measured on libyaml's parser events, which (unlike its composer) keep their
+    stack on the heap, so even a million brackets cost only time."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _too_deep(event.start_mark)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def _construct(loader: _Loader, node: yaml.Node, anchored: bool) -> Any:
     """The plain value of `node`; a direct walk for the common case, 3x faster than the
-    constructor. Anchors (shared or recursive values) and merge keys take the constructor."""
-    if anchored:
-        return loader.construct_document(node)
-    try:
-        return _plain(loader, node)
-    except _NeedsConstructor:
-        return loader.construct_document(node)
+    constructor. Anchors (shared or recursive values) and merge keys take the constructor,
+    after the node graph has been checked against the bounds the direct walk keeps itself."""
+    if not anchored:
+        try:
+            return _plain(loader, node, 0)
+        except _NeedsConstructor:
+            pass
+    _check_graph(node)
+    return loader.construct_document(node)
 
 
 class _NeedsConstructor(Exception):
     """A merge key or an explicit tag that the direct walk leaves to PyYAML."""
 
 
-def _plain(loader: _Loader, node: yaml.Node) -> Any:
+def _plain(loader: _Loader, node: yaml.Node, depth: int) -> Any:
     tag = node.tag
     if tag == _STR:
         return node.value
+    if depth >= MAX_DEPTH and isinstance(node, yaml.CollectionNode):
+        raise _too_deep(node.start_mark)
     if tag == _MAP:
-        return {_plain(loader, k): _plain(loader, v) for k, v in _entries(node)}
+        entries = _entries(node)
+        mapping = {_plain(loader, k, depth + 1): _plain(loader, v, depth + 1) for k, v in entries}
+        if len(mapping) != len(entries):
+            raise _duplicate_key(entries)
+        return mapping
     if tag == _SEQ:
-        return [_plain(loader, item) for item in node.value]
+        return [_plain(loader, item, depth + 1) for item in node.value]
     if tag not in loader.yaml_constructors or isinstance(node, yaml.CollectionNode):
         raise _NeedsConstructor(tag)
     return loader.construct_object(node)  # int, bool, null, float, timestamp, binary
@@ -213,9 +293,95 @@ def _plain(loader: _Loader, node: yaml.Node) -> Any:
 
 def _entries(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
     entries: list[tuple[yaml.Node, yaml.Node]] = node.value
-    if any(key.tag == "tag:yaml.org,2002:merge" for key, _ in entries):
+    if any(key.tag == _MERGE for key, _ in entries):
         raise _NeedsConstructor("merge")
     return entries
+
+
+def _duplicate_key(entries: list[tuple[yaml.Node, yaml.Node]]) -> _TooMuch:
+    seen: dict[Any, yaml.Node] = {}
+    for key, _ in entries:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+            continue
+        identity = (key.tag, key.value)
+        if identity in seen:
+            return _TooMuch(
+                f"duplicate key {key.value!r}",
+                key.start_mark,
+                "Remove one of them: YAML keys must be unique",
+                first=seen[identity].start_mark,
+            )
+        seen[identity] = key
+    return _TooMuch("duplicate keys", entries[0][0].start_mark, "YAML keys must be unique")
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """Depth, alias expansion, self-containing aliases and duplicate keys of a node graph in
+    which aliases share nodes. Iterative, and each node is visited once however often it is
+    aliased: `expanded` counts what a tree walk would see."""
+    expanded: dict[int, int] = {}  # id(node) -> nodes under it once aliases are expanded
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            on_path.discard(key)
+            expanded[key] = 1 + sum(expanded[id(c)] for c in children)
+            levels = 1 if isinstance(node, yaml.CollectionNode) else 0
+            depth[key] = levels + max((depth[id(c)] for c in children), default=0)
+            continue
+        if key in on_path:
+            raise _TooMuch(
+                "an alias refers to a value that contains it (a recursive alias)",
+                node.start_mark,
+                "Anchor a value outside itself, or write it out",
+            )
+        if key in expanded:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in expanded)
+    if depth[id(root)] > MAX_DEPTH:
+        raise _too_deep(_first_too_deep(root, depth).start_mark)
+    _check_expansion(root, expanded)
+
+
+def _first_too_deep(root: yaml.Node, depth: dict[int, int]) -> yaml.Node:
+    """The first collection past the bound on the deepest path (`depth` holds the heights)."""
+    node = root
+    for _ in range(MAX_DEPTH):
+        node = max(_children(node), key=lambda child: depth[id(child)])
+    return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        entries: list[tuple[yaml.Node, yaml.Node]] = node.value
+        keys = [
+            (k.tag, k.value)
+            for k, _ in entries
+            if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE
+        ]
+        if len(set(keys)) < len(keys):
+            raise _duplicate_key(entries)
+        return [n for pair in entries for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node, expanded: dict[int, int]) -> None:
+    added = expanded[id(root)] - len(expanded)
+    if added > MAX_ALIAS_NODES:
+        raise _TooMuch(
+            f"excessive aliasing: aliases expand the document by {added:,} nodes, more than "
+            f"the {MAX_ALIAS_NODES:,} devloop allows",
+            None,
+            "Write the shared values out, or share fewer levels",
+        )
 
 
 def _syntax_error(where: str, error: yaml.MarkedYAMLError, line: int, column: int) -> ManifestError:

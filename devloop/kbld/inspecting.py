@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from devloop.errors import ManifestError
-from devloop.kbld.documents import Document
+from devloop.kbld.documents import Document, parse_embedded
 from devloop.kbld.locks import dump_yaml
 from devloop.kbld.model import IMAGES_ANNOTATION, Config
 from devloop.kbld.searching import find_sites
@@ -70,9 +68,10 @@ def _recorded_origins(doc: Document) -> dict[str, str]:
     if not isinstance(text, str):
         return {}
     try:
-        entries = yaml.safe_load(text)
-    except yaml.YAMLError as error:
+        documents = parse_embedded(text, IMAGES_ANNOTATION)
+    except ManifestError as error:
         raise _bad_annotation(doc) from error
+    entries = documents[0] if documents else None
     if not isinstance(entries, list):
         raise _bad_annotation(doc)
     pairs = (_entry(_mapping(e)) for e in entries)

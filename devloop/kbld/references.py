@@ -17,6 +17,11 @@ DEFAULT_TAG = "latest"
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _HEX = re.compile(r"^[a-f0-9]+$")
+# An RFC 3986 authority as go-containerregistry accepts one: a host name or IPv4 address, or an
+# IPv6 address in brackets, and an optional port.
+_REGISTRY = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d+)?$"
+)
 # kbld's matcher regex: the repository is everything before an optional :tag and @algo:hex.
 _REPO_PART = re.compile(
     r"^(.+?)(?::[\w][\w.-]{0,127})?"
@@ -98,6 +103,8 @@ def _split_name(url: str, base: str) -> tuple[str, str, str | None]:
         registry, repository = first, rest
     else:
         registry, repository = DEFAULT_REGISTRY, base
+    if not _REGISTRY.match(registry):
+        raise _bad_name(url, f"invalid registry '{registry}'")
     if registry in ("docker.io", "registry-1.docker.io"):
         registry = DEFAULT_REGISTRY
     if registry == DEFAULT_REGISTRY and "/" not in repository:

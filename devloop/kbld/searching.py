@@ -17,7 +17,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 import yaml
 
-from devloop.kbld.documents import Document
+from devloop.errors import ManifestError
+from devloop.kbld.documents import Document, parse_embedded
 from devloop.kbld.model import AllIndexes, KeyMatcher, PathPart, SearchRule, ValueMatcher
 from devloop.kbld.references import repo_of
 
@@ -206,7 +207,7 @@ def decode(
     if not allow_yaml:
         return None
     try:
-        docs = [d for d in yaml.load_all(text, Loader=yaml.CSafeLoader) if d is not None]
-    except yaml.YAMLError:
+        docs = parse_embedded(text, "value")
+    except ManifestError:  # not YAML, or YAML beyond the bounds: a plain string then
         return None
     return "yaml", [((i,), doc) for i, doc in enumerate(docs)]

@@ -59,6 +59,7 @@ async def _kubernetes(settings: Settings, events: Events) -> AsyncIterator[Targe
     from devloop.targets.kubernetes.target import KubernetesTarget
 
     target = KubernetesTarget(settings.kubeconfig, settings.context, events)
+    await target.cluster()  # a kubeconfig it cannot use ends `up` at once, before any build
     crashed = False
     try:
         yield target

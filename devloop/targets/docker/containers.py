@@ -10,6 +10,7 @@ SDK errors become `EngineUnavailable` (retry later) or `DevloopError` (with the 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -81,9 +82,10 @@ def _engine(doing: str) -> Iterator[None]:
         said = str(error.explanation or error)[:EXPLANATION_CHARS]
         raise DevloopError(f"{doing}: the Docker engine said: {said}") from error
     except (requests.exceptions.RequestException, docker.errors.DockerException) as error:
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise EngineUnavailable(
-            f"{doing}: cannot reach the Docker engine ({str(error)[:EXPLANATION_CHARS]}); "
-            "start dockerd or point DOCKER_HOST at it"
+            f"{doing}: cannot reach the Docker engine at {host} "
+            f"({str(error)[:EXPLANATION_CHARS]}); start dockerd or point DOCKER_HOST at it"
         ) from error
 
 

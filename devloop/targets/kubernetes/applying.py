@@ -225,16 +225,33 @@ def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     configuration = client.Configuration()
     configuration.retries = 1  # one quick reconnect; the daemon retries the whole step
+    if not any(os.path.isfile(part) for part in path.split(os.pathsep)):
+        hint = "Pass --kubeconfig or set KUBECONFIG"
+        raise InputError(f"kubeconfig {path}", "no such file", hint)
     try:
         config.load_kube_config(path, context, client_configuration=configuration)
         contexts, active = config.list_kube_config_contexts(path)
-    except (config.ConfigException, OSError, ValueError) as error:
+    except Exception as error:  # the loaders are untyped: garbage fails in many shapes
         raise InputError(
-            f"kubeconfig {path}", f"cannot use it: {error}", "Pass --kubeconfig or set KUBECONFIG"
+            f"kubeconfig {path}", _kubeconfig_problem(error), "Pass --kubeconfig or set KUBECONFIG"
         ) from error
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active
     namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
     return client.ApiClient(configuration), namespace
+
+
+def _kubeconfig_problem(error: Exception) -> str:
+    """What is wrong with a kubeconfig, from whatever the kubernetes loaders raised."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"not YAML: {error.problem} at line {mark.line + 1} column {mark.column + 1}"
+    if isinstance(error, yaml.YAMLError):
+        return f"not YAML: {error}"
+    if isinstance(error, TypeError | AttributeError | KeyError | IndexError):
+        return "not a kubeconfig (a YAML mapping with clusters, contexts and users)"
+    return f"cannot use it: {str(error).rstrip('.')}"
 
 
 def _unreachable(server: str, error: Exception) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from devloop.cli import defer
+    from devloop.cli.flags import defer
 
     up = sub.add_parser(
         "up",
@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _up_arguments(up: argparse.ArgumentParser) -> None:
-    from devloop.cli import add_bool
+    from devloop.cli.flags import add_bool
     from devloop.settings import Settings
 
     _common(up)

@@ -7,30 +7,25 @@ daemon runs the same stages on every change; this module only wires them for a s
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from devloop.errors import DevloopError, ImageReferenceError
 from devloop.kbld.config import is_config_document, load_config
-from devloop.kbld.documents import Document, iter_documents, read_inputs, reparsed
+from devloop.kbld.documents import Document, reparsed
 from devloop.kbld.model import Config, Resolved, SearchRule, is_settings_document
-from devloop.kbld.offline import resolve_all_offline
 from devloop.kbld.references import is_digest, parse_reference
 from devloop.kbld.rendering import (
     Splice,
     annotation_point,
     render,
     render_stream,
-    stream_pieces,
 )
 from devloop.kbld.searching import ImageSite, find_sites
-from devloop.logs import LineWriter
 
 if TYPE_CHECKING:
-    from devloop.kbld.resolving import ResolveOptions
+    pass
 
 
 @dataclass(frozen=True)
@@ -136,95 +131,3 @@ def rendered(found: Found, resolved: Mapping[str, Resolved], annotate: bool) -> 
 
 def final_lines(resolved: Mapping[str, Resolved]) -> list[str]:
     return [f"final: {url} -> {resolved[url].url}" for url in sorted(resolved)]
-
-
-def resolve_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    if args.lock_output and args.imgpkg_lock_output:
-        raise DevloopError(
-            "Can only output one lockfile type: choose --lock-output or --imgpkg-lock-output"
-        )
-    files = args.files or _missing_files()
-    found = find(iter_documents(files, stdin), keep_trees=False)
-    for warning in found.warnings:
-        stderr.write(f"devloop: Warning: {warning}\n")
-    if args.unresolved_inspect:
-        stdout.write("".join(f"- image: {url}\n" for url in found.urls))
-        return 0
-    out = LineWriter(stderr)
-    resolved = _resolve(args, found, out)
-    # Locks first: a lock that cannot be written must fail the run before a piped consumer
-    # (`| kapp deploy -f-`) has read any manifest.
-    _write_locks(args, found.config, resolved)
-    # Every document is rendered before the first is written (a rendering error leaves stdout
-    # empty), then written piece by piece: the joined stream would be one more copy of it all.
-    stdout.writelines(stream_pieces(rendered(found, resolved, args.images_annotation)))
-    stdout.flush()
-    for line in final_lines(resolved):
-        out.line("resolve", line)
-    return 0
-
-
-def _resolve(args: argparse.Namespace, found: Found, out: LineWriter) -> dict[str, Resolved]:
-    """Synchronously when no reference needs a build or a registry, else concurrently."""
-    _check_concurrency(args)
-    resolved = resolve_all_offline(found.config, found.urls)
-    if resolved is not None:
-        return resolved
-    import anyio
-
-    from devloop.kbld.resolving import Resolver
-
-    resolver = Resolver(found.config, out, _options(args))
-    try:
-        return anyio.run(resolver.resolve_all, found.urls)
-    finally:
-        resolver.close()
-
-
-def inspect_command(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    from devloop.kbld.inspecting import inspect
-
-    found = find(read_inputs(args.files or _missing_files(), stdin))
-    stdout.write(inspect(found.documents, found.config, as_json=args.json))
-    return 0
-
-
-def _check_concurrency(args: argparse.Namespace) -> None:
-    if args.build_concurrency < 1:
-        raise DevloopError("--build-concurrency must be at least 1")
-
-
-def _options(args: argparse.Namespace) -> ResolveOptions:
-    from devloop.kbld.registry import RegistryOptions
-    from devloop.kbld.resolving import ResolveOptions
-
-    registry = RegistryOptions(
-        insecure=args.registry_insecure,
-        verify_certs=args.registry_verify_certs,
-        ca_cert_paths=tuple(args.registry_ca_cert_path),
-    )
-    return ResolveOptions(build=args.build, concurrency=args.build_concurrency, registry=registry)
-
-
-def _write_locks(
-    args: argparse.Namespace, config: Config, resolved: Mapping[str, Resolved]
-) -> None:
-    if args.lock_output:
-        from devloop.kbld.locks import kbld_lock
-
-        _write_file(args.lock_output, kbld_lock(resolved, config))
-    if args.imgpkg_lock_output:
-        from devloop.kbld.locks import imgpkg_lock
-
-        _write_file(args.imgpkg_lock_output, imgpkg_lock(resolved, args.origins_annotation))
-
-
-def _write_file(path: str, text: str) -> None:
-    try:
-        Path(path).write_text(text)
-    except OSError as error:
-        raise DevloopError(f"cannot write {path}: {error.strerror}") from error
-
-
-def _missing_files() -> list[str]:
-    raise DevloopError("no input: pass -f FILE, -f DIR or -f - (stdin)")

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devloop import blocking
 from devloop.errors import RolloutError
 from devloop.targets.kubernetes.rollout import (
     Status,
@@ -347,7 +348,7 @@ async def test_cancelling_the_caller_stops_the_wait_in_its_worker_thread() -> No
 
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.to_thread.run_sync, wait)
+            tg.start_soon(blocking.call, wait)  # how the Kubernetes target runs it
             await anyio.to_thread.run_sync(cluster.read.wait)
             scope.cancel()
     assert scope.cancelled_caught

@@ -7,6 +7,7 @@ exists in the test's HOME, so `devloop up` picks the Docker target by itself.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -153,3 +154,25 @@ def test_the_readme_quickstart_serves_the_sample_app_and_an_edit_changes_it(
         assert app_containers(engine, "quickstart") == []
     finally:
         devloop.stop()
+
+
+def test_a_second_ctrl_c_exits_at_once_without_waiting_for_the_cleanup(
+    running: tuple[Devloop, Path, int], engine: Engine, leftovers: Leftovers
+) -> None:
+    devloop, _, _ = running
+    devloop.wait("rollout.finished")
+    mark = devloop.mark()
+    # busybox httpd is PID 1 and ignores SIGTERM: removing it takes the whole grace period,
+    # so a cleanup that ran to its end would have removed the container.
+    devloop.proc.send_signal(signal.SIGINT)
+    devloop.wait("shutdown", after=mark)
+    devloop.proc.send_signal(signal.SIGINT)
+    assert devloop.proc.wait(timeout=10) == 130
+    try:
+        assert app_containers(engine, leftovers.token) != []  # the cleanup was cut short
+        assert not any("Traceback" in line for line in devloop.stderr)
+    finally:
+        for container in app_containers(engine, leftovers.token):
+            engine.api.remove_container(container["Id"], force=True)
+        for network in engine.api.networks(filters={"label": f"devloop.dev/app={leftovers.token}"}):
+            engine.api.remove_network(network["Id"])

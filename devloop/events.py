@@ -8,6 +8,7 @@ seconds=2.1 ref=...`); `--log-format json` writes one JSON object per line to st
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ import structlog
 
 from devloop.logs import LineWriter
 
+SDK_LOGGERS = ("docker", "urllib3", "kubernetes")
 _LEVEL_OF = {"failed": "error", "cancelled": "warning", "unavailable": "warning"}
 
 
@@ -34,6 +36,8 @@ class Events:
         self.stream = stream or (sys.stdout if fmt == "json" else sys.stderr)
         self.color = fmt == "console" and self.stream.isatty()
         self._lock = threading.Lock()
+        self._bridge: _SdkLogBridge | None = None
+        self._saved: dict[str, tuple[int, bool]] = {}  # SDK logger -> (level, propagate)
         # Console output lines go through a LineWriter (colors, whole lines); in JSON mode it
         # only keeps the per-prefix log files under `tee_dir`.
         self._discard = open(os.devnull, "w") if fmt == "json" else None
@@ -66,10 +70,39 @@ class Events:
                 self.stream.flush()
             self._lines.line(prefix, text)
 
+    def capture_sdk_logs(self) -> None:
+        """Bring the SDKs' warnings (docker, urllib3, kubernetes) into this output as
+        `sdk.warning` events; their debug and info chatter (every HTTP request) stays out.
+        `close` puts the loggers back as they were."""
+        self._bridge = _SdkLogBridge(self)
+        for name in SDK_LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved[name] = (logger.level, logger.propagate)
+            logger.addHandler(self._bridge)
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False  # not also to stderr through the root logger's last resort
+
     def close(self) -> None:
+        for name, (level, propagate) in self._saved.items():
+            logger = logging.getLogger(name)
+            if self._bridge is not None:
+                logger.removeHandler(self._bridge)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        self._saved.clear()
         self._lines.close()
         if self._discard is not None:
             self._discard.close()
+
+
+class _SdkLogBridge(logging.Handler):
+    def __init__(self, events: Events) -> None:
+        super().__init__(logging.WARNING)
+        self._events = events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "error" if record.levelno >= logging.ERROR else "warning"
+        self._events.emit("sdk." + level, logger=record.name, reason=record.getMessage())
 
 
 class Stopwatch:

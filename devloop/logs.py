@@ -13,10 +13,7 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal, Protocol, TextIO
-
-if TYPE_CHECKING:  # structlog costs ~0.1 s to import: `devloop resolve` never needs it
-    from structlog.typing import Processor
+from typing import IO, Protocol, TextIO
 
 _COLORS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[91m")
 _RESET = "\033[0m"
@@ -140,67 +137,3 @@ def log_file_name(prefix: str) -> str:
 def _is_tty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
-
-
-def configure_logging(
-    fmt: Literal["console", "json"] | None = None,
-    stream: TextIO | None = None,
-    level: int = 20,  # logging.INFO
-) -> None:
-    """Send structlog and the stdlib loggers (docker, urllib3, kubernetes) to one output.
-
-    `fmt` None picks console on a terminal and JSON lines otherwise. Calling again replaces the
-    previous set-up, so tests may point it at their own stream.
-    """
-    import structlog
-
-    stream = stream if stream is not None else sys.stderr
-    fmt = fmt or ("console" if _is_tty(stream) else "json")
-    shared: list[Processor] = [
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
-    )
-    _install_root_handler(stream, _renderer(fmt, stream), shared, level)
-
-
-def _renderer(fmt: str, stream: TextIO) -> Processor:
-    import structlog
-
-    if fmt == "json":
-        return structlog.processors.JSONRenderer()
-    return structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
-
-
-def _install_root_handler(
-    stream: TextIO,
-    renderer: Processor,
-    shared: list[Processor],
-    level: int,
-) -> None:
-    import logging
-
-    import structlog
-
-    handler = logging.StreamHandler(stream)
-    handler.set_name("devloop")
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=shared,
-        )
-    )
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == "devloop"]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    # The SDKs log every HTTP request at debug; their warnings are worth seeing, the rest not.
-    for name in ("docker", "urllib3", "kubernetes"):
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -8,11 +8,11 @@ import logging
 import threading
 from pathlib import Path
 
-import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devloop.logs import LineSplitter, LineWriter, configure_logging, log_file_name
+from devloop.events import Events
+from devloop.logs import LineSplitter, LineWriter, log_file_name
 
 
 class Writes(io.StringIO):
@@ -120,19 +120,19 @@ def test_log_file_names_are_safe() -> None:
     assert log_file_name("../..") == "output"
 
 
-def test_json_logging_carries_sdk_warnings_as_json_lines() -> None:
+def test_sdk_warnings_reach_the_output_as_events_and_their_debug_lines_do_not() -> None:
     stream = io.StringIO()
-    configure_logging("json", stream)
+    events = Events("json", stream)
+    events.capture_sdk_logs()
     try:
         logging.getLogger("urllib3.connectionpool").debug("noise")
         logging.getLogger("docker.api").warning("engine is slow")
-        structlog.get_logger("devloop").info("build.finished", image="app", seconds=1.5)
-        records = [json.loads(line) for line in stream.getvalue().splitlines()]
+        logging.getLogger("kubernetes.client.rest").error("TLS handshake failed")
     finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers = [
-            h for h in logging.getLogger().handlers if h.get_name() != "devloop"
-        ]
-    assert [r["event"] for r in records] == ["engine is slow", "build.finished"]
-    assert records[0]["level"] == "warning" and records[0]["logger"] == "docker.api"
-    assert records[1]["image"] == "app" and records[1]["seconds"] == 1.5
+        events.close()
+    logging.getLogger("docker.api").warning("after close: not ours any more")
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["event"], r["logger"], r["reason"]) for r in records] == [
+        ("sdk.warning", "docker.api", "engine is slow"),
+        ("sdk.error", "kubernetes.client.rest", "TLS handshake failed"),
+    ]

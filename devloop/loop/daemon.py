@@ -302,6 +302,7 @@ def initial_settings(flags: Mapping[str, Any]) -> Settings:
 async def run(flags: Mapping[str, Any]) -> int:
     settings = initial_settings(flags)
     events = Events(settings.log_format, tee_dir=Path(LOG_DIR))
+    events.capture_sdk_logs()
     try:
         async with anyio.create_task_group() as tg:
             stop = anyio.CancelScope()

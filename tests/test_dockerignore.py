@@ -140,13 +140,6 @@ def test_a_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None:
     assert not matcher.excluded("dev.Dockerfile")
 
 
-def test_rule_for_names_the_deciding_line() -> None:
-    matcher = Matcher(["*.log", "logs", "!logs/keep.log"])
-    assert matcher.rule_for("logs/x.txt") == "logs"
-    assert matcher.rule_for("logs/keep.log") == "!logs/keep.log"
-    assert matcher.rule_for("src/main.go") is None
-
-
 # -- properties ------------------------------------------------------------------------------
 
 SEGMENTS = st.sampled_from(["a", "b", "ab", "ba", "a.b"])

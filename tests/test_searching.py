@@ -13,7 +13,7 @@ from devloop.kbld.model import (
     SearchRule,
     ValueMatcher,
 )
-from devloop.kbld.searching import ImageSite, Inner, find_images, find_sites
+from devloop.kbld.searching import ImageSite, Inner, find_sites
 
 
 def doc(text: str) -> Document:
@@ -144,11 +144,6 @@ def test_strategies_nest() -> None:
     text = 'bundle: |\n  cfg: \'{"image": "a:1"}\'\n'
     [site] = find_sites(doc(text), (outer,))
     assert site.inner == (Inner("yaml", (0, "cfg")), Inner("json", ("image",)))
-
-
-def test_find_images_lists_each_reference_once_sorted() -> None:
-    docs = read_inputs(["-"], io.StringIO("image: b\n---\nimage: a\n---\nx: {image: b}\n"))
-    assert find_images(docs, (DEFAULT_RULE,)) == ["a", "b"]
 
 
 def test_an_aliased_scalar_is_found_at_each_use_with_the_same_span() -> None:

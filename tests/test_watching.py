@@ -124,15 +124,6 @@ def test_dockerignored_and_temporary_paths_are_ignored(project: WatchSet) -> Non
     assert changes.ignored == set(paths)
 
 
-def test_an_ignored_path_is_explained_with_the_rule_that_ignored_it(project: WatchSet) -> None:
-    base = project.base
-    assert project.explain(str(base / "api/node_modules/dep/index.js")) == (
-        "excluded from api by api/.dockerignore line 'node_modules'"
-    )
-    assert project.explain(str(base / "api/.main.go.swp")) == "a .git or editor temporary file"
-    assert project.explain(str(base / "README.md")).startswith("outside every build context")
-
-
 def test_the_dockerfile_and_dockerignore_count_for_their_image(project: WatchSet) -> None:
     base = project.base
     changes = project.classify(

@@ -147,11 +147,6 @@ def find_sites(doc: Document, rules: Sequence[SearchRule]) -> list[ImageSite]:
     return [_site(hit) for hit in _NODES.search(doc.node, rules)]
 
 
-def find_images(docs: Iterable[Document], rules: Sequence[SearchRule]) -> list[str]:
-    """The sorted unique references of all `docs` (what `--unresolved-inspect` prints)."""
-    return sorted({site.value for doc in docs for site in find_sites(doc, rules)})
-
-
 def _site(hit: _Hit[yaml.Node]) -> ImageSite:
     node = hit.leaf
     assert isinstance(node, yaml.ScalarNode)  # only string scalars are ever hit

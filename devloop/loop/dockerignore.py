@@ -210,16 +210,6 @@ class Matcher:
             (_without_trailing_glob(p.text) + "/").startswith(below) for p in self._exceptions
         )
 
-    def rule_for(self, relpath: str) -> str | None:
-        """The last line that decided `relpath`'s fate, for "why was this ignored" messages."""
-        decided = None
-        for pattern in self.patterns:
-            parts = relpath.strip("/").split("/")
-            prefixes = ("/".join(parts[:n]) for n in range(1, len(parts) + 1))
-            if any(pattern.matches(prefix) for prefix in prefixes):
-                decided = ("!" if pattern.exception else "") + pattern.text
-        return decided
-
 
 def walk(
     root: Path, matcher: Matcher, prune: Callable[[str], bool] = lambda rel: False

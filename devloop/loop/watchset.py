@@ -137,19 +137,6 @@ class WatchSet:
         if not changes.images and not changes.manifests and not changes.config:
             changes.ignored.add(shown)
 
-    def explain(self, path: str) -> str:
-        """Why a change to `path` is ignored, naming the rule: for "why didn't it rebuild?"."""
-        path = os.path.abspath(path)
-        if is_ignored_path(path):
-            return "a .git or editor temporary file"
-        reasons = [
-            f"excluded from {c.key} by {_relative(str(c.ignore_file), self.base)} line "
-            f"{c.matcher.rule_for(rel)!r}"
-            for c in self.contexts
-            if (rel := _inside(path, c.root)) and c.matcher.excluded(rel)
-        ]
-        return "; ".join(reasons) or "outside every build context, manifest and config file"
-
     def _is_manifest(self, path: str) -> bool:
         for root in self.manifests + self.render_inputs:
             rel = _inside(path, root)

@@ -5,8 +5,7 @@ half are tags that preresolved overrides in a kbld `Config` document rewrite, so
 talks to a registry. Each tool runs as a subprocess (what a user waits for), `--runs` times after
 a warm-up; the table shows median and min wall time, median CPU time, documents per second and
 peak memory (the largest rusage of the runs). A one-document run is almost all start-up.
-kbld is looked for on PATH and in ~/.cache/devloop/bin, or built there with `go install` when
-the toolchain and the module are available (offline machines usually cannot).
+kbld is used when one is on PATH (or in ~/.cache/devloop/bin); this script never installs it.
 
     python bench/resolve.py [--sizes 1,2000,8000] [--images 200] [--runs 5]
 """
@@ -25,10 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_BIN = Path.home() / ".cache" / "devloop" / "bin"
-KBLD_MODULES = (
-    "carvel.dev/kbld/cmd/kbld@latest",
-    "github.com/vmware-tanzu/carvel-kbld/cmd/kbld@latest",
-)
 DIGEST = "sha256:{:064x}"
 
 DEPLOYMENT = """\
@@ -129,21 +124,6 @@ def find_kbld() -> str | None:
     for candidate in (shutil.which("kbld"), str(CACHE_BIN / "kbld")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    return _build_kbld()
-
-
-def _build_kbld() -> str | None:
-    if not shutil.which("go"):
-        return None
-    CACHE_BIN.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOBIN": str(CACHE_BIN)}
-    for module in KBLD_MODULES:
-        done = subprocess.run(
-            ["go", "install", module], env=env, capture_output=True, timeout=600, check=False
-        )
-        if done.returncode == 0:
-            return str(CACHE_BIN / "kbld")
-        print(f"kbld: go install {module} failed: {done.stderr.decode().strip().splitlines()[-1:]}")
     return None
 
 

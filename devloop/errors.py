@@ -53,6 +53,12 @@ class InputError(PermanentError):
         super().__init__(f"{text}. {hint}" if hint else text)
 
 
+def trimmed(text: str, limit: int = 300) -> str:
+    """A server's or tool's message for one of ours: whitespace collapsed, cut at `limit`."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def location(file: str, document: int | None = None, key: str = "") -> str:
     """The canonical place string: ``file, document N: key`` (document counted from 1)."""
     where = file

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from devloop.errors import AuthError, InputError, RegistryError, RegistryUnavailable
+from devloop.errors import AuthError, InputError, RegistryError, RegistryUnavailable, trimmed
 from devloop.kbld.credentials import Credentials, Keychain, parse_challenge
 from devloop.kbld.references import Reference, parse_reference
 
@@ -74,8 +74,7 @@ class Response:
             text = "; ".join(f"{e['code']}: {e.get('message', '')}" for e in errors) or text
         except (ValueError, AttributeError, TypeError, KeyError):
             pass  # not the registry's JSON error format: keep the text
-        text = " ".join(text.split())
-        return text if len(text) <= BODY_LIMIT else text[:BODY_LIMIT] + "..."
+        return trimmed(text, BODY_LIMIT)
 
 
 class Registry:

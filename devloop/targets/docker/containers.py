@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import requests
 
-from devloop.errors import DevloopError, EngineUnavailable
+from devloop.errors import DevloopError, EngineUnavailable, trimmed
 from devloop.targets.base import APP_LABEL
 from devloop.targets.docker.plan import (
     CONTAINER_LABEL,
@@ -79,13 +79,13 @@ def _engine(doing: str) -> Iterator[None]:
     except docker.errors.NotFound:
         raise
     except docker.errors.APIError as error:
-        said = str(error.explanation or error)[:EXPLANATION_CHARS]
+        said = trimmed(str(error.explanation or error), EXPLANATION_CHARS)
         raise DevloopError(f"{doing}: the Docker engine said: {said}") from error
     except (requests.exceptions.RequestException, docker.errors.DockerException) as error:
         host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         raise EngineUnavailable(
             f"{doing}: cannot reach the Docker engine at {host} "
-            f"({str(error)[:EXPLANATION_CHARS]}); start dockerd or point DOCKER_HOST at it"
+            f"({trimmed(str(error), EXPLANATION_CHARS)}); start dockerd or point DOCKER_HOST at it"
         ) from error
 
 

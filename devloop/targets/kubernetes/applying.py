@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devloop import blocking
-from devloop.errors import ApplyError, ClusterUnavailable, InputError
+from devloop.errors import ApplyError, ClusterUnavailable, InputError, trimmed
 from devloop.targets.base import APP_LABEL, ManifestObject
 from devloop.targets.kubernetes.rollout import WORKLOAD_KINDS, Workload
 
@@ -118,8 +118,7 @@ class Reply:
         text = str(self.body.get("message") or f"HTTP {self.status}")
         _, marker, rest = text.partition(" is invalid: ")
         text = rest if marker else text
-        text = " ".join(text.split())
-        return text if len(text) <= SERVER_MESSAGE_CHARS else text[: SERVER_MESSAGE_CHARS - 1] + "…"
+        return trimmed(text, SERVER_MESSAGE_CHARS)
 
 
 class Cluster:
@@ -265,7 +264,7 @@ def _unreachable(server: str, error: Exception) -> str:
         if needle in text:
             text = short
             break
-    return f"cannot reach the Kubernetes API at {server}: {text[:200]}; devloop will retry"
+    return f"cannot reach the Kubernetes API at {server}: {trimmed(text, 200)}; devloop will retry"
 
 
 def _json(raw: bytes | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from devloop import blocking
-from devloop.errors import RolloutError
+from devloop.errors import RolloutError, trimmed
 
 Obj = Mapping[str, Any]
 
@@ -81,8 +81,7 @@ def rollout_status(kind: str, obj: Obj, pods: Sequence[Obj]) -> Status:
 
 
 def _trim(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+    return trimmed(text, MESSAGE_CHARS)
 
 
 def _observed(obj: Obj) -> Status | None:

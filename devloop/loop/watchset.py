@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devloop.errors import InputError
+from devloop.kbld import documents
 from devloop.kbld.model import Source
 from devloop.loop import dockerignore, inputs
 
-MANIFEST_SUFFIXES = (".yml", ".yaml", ".json")  # what a manifest directory's loader reads
+MANIFEST_SUFFIXES = documents.EXTENSIONS  # what a manifest directory's loader reads
 
 
 # -- what changed --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -44,6 +44,10 @@ from devloop.loop.watchset import Changes, WatchSet
 from devloop.settings import Settings, settle
 from devloop.targets import delete_app, open_target
 from devloop.targets.base import Target
+
+if TYPE_CHECKING:
+    from devloop.kbld.building import Engine
+    from devloop.kbld.registry import Registry
 
 LOG_DIR = ".devloop/logs"  # each image's build output is also kept here, one file per image
 STREAM_BUFFER = 64  # messages between stages; a full buffer makes the sender wait
@@ -170,7 +174,7 @@ class Builds:
 
     def __init__(self, controller: Controller, events: Events) -> None:
         self._controller, self._events = controller, events
-        self._engine: Any = None  # building.Engine, made on the first build (imports docker)
+        self._engine: Engine | None = None  # made on the first build (it imports docker)
 
     def __call__(self, url: str, source: Source, stop: threading.Event) -> Resolved:
         config = self._controller.config
@@ -184,7 +188,7 @@ class Builds:
         )
 
     @staticmethod
-    def _registry() -> Any:
+    def _registry() -> Registry:
         from devloop.kbld.registry import Registry, RegistryOptions
 
         return Registry(RegistryOptions())

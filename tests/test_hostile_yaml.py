@@ -107,6 +107,22 @@ def test_an_oversized_document_is_a_located_error(tmp_path: Path) -> None:
     assert_located_error(resolve(tmp_path, text), "MiB, more than the 8 MiB devloop reads")
 
 
+def test_yaml_only_libyaml_accepts_is_a_located_error_when_it_needs_the_round_trip(
+    tmp_path: Path,
+) -> None:
+    # found by the property test below: a tab inside a key, in a List (ruamel annotates it)
+    text = (
+        "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\noverrides:\n- image: 127.0.0.1:1/app\n"
+        f"  newImage: 127.0.0.1:1/app@{DIGEST}\n  preresolved: true\n---\n"
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n"
+        "  metadata: {name: a}\n  s\tpec: {containers: [{name: a, image: 127.0.0.1:1/app}]}\n"
+    )
+    done = resolve(tmp_path, text)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("devloop: Error: in.yml, document 2, items[0]: cannot add the ")
+    assert "found character '\\t' that cannot start any token (its line 4)" in done.stderr
+
+
 def test_up_reports_an_alias_bomb_among_the_manifests_as_a_config_failure(tmp_path: Path) -> None:
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "bomb.yml").write_text(alias_bomb())

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 import yaml.resolver
 
-from devloop.errors import ManifestError
+from devloop.errors import ManifestError, trimmed
 from devloop.kbld.documents import Document
 from devloop.kbld.model import IMAGES_ANNOTATION, Resolved
 from devloop.kbld.searching import STR_TAG, ImageSite, Inner, decode
@@ -351,12 +351,23 @@ def _annotate_round_trip(doc: Document, text: str, value: str) -> str:
 
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
     from ruamel.yaml.scalarstring import LiteralScalarString
 
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 1 << 30
-    data = rt.load(text)
+    try:
+        data = rt.load(text)
+    except YAMLError as error:  # libyaml read it, the round-trip parser is stricter
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        mark = error.problem_mark if isinstance(error, MarkedYAMLError) else None
+        at = f" (its line {mark.line + 1})" if mark is not None else ""
+        raise ManifestError(
+            doc.where,
+            f"cannot add the {IMAGES_ANNOTATION} annotation: {trimmed(str(problem))}{at}",
+            "Write that part in plain block YAML (no tabs), or pass --images-annotation=false",
+        ) from error
     meta = data.get("metadata")
     if meta is None:
         meta = data["metadata"] = CommentedMap()

@@ -305,10 +305,17 @@ def test_a_missing_image_shows_errimagepull(
     core: Any = client.CoreV1Api(real_kube_api)
     core.create_namespaced_pod(real_namespace, bare_pod("missing", missing))
 
-    found = events_saying(real_kube_api, real_namespace, "ErrImagePull")
+    def pull_failed(found: Any) -> bool:
+        statuses = found.items[0].status.container_statuses if found.items else None
+        waiting = statuses[0].state.waiting if statuses else None
+        return waiting is not None and waiting.reason in ("ErrImagePull", "ImagePullBackOff")
 
+    listed = wait_until(
+        core.list_namespaced_pod, pull_failed, "a pull failure", namespace=real_namespace
+    )
+
+    waiting = listed.items[0].status.container_statuses[0].state.waiting
+    assert missing in waiting.message and "not found" in waiting.message
+    found = events_saying(real_kube_api, real_namespace, "ErrImagePull")
     failed = [e.message for e in found.items if "Failed to pull image" in (e.message or "")]
     assert failed and missing in failed[0] and "not found" in failed[0]
-    pod = core.read_namespaced_pod("missing", real_namespace)
-    waiting = pod.status.container_statuses[0].state.waiting
-    assert waiting.reason in ("ErrImagePull", "ImagePullBackOff")

@@ -54,6 +54,11 @@ spec:
       containers:
         - name: crash
           image: {image}
+          # Without a probe the pod is Ready for the instant before its first crash, and the
+          # rollout (like `kubectl rollout status`) completes: a real node shows that race.
+          readinessProbe:
+            exec: {{command: ["false"]}}
+            periodSeconds: 1
 """
 MISSING_POD = """\
 apiVersion: v1

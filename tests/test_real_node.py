@@ -9,8 +9,11 @@ port-forward) or stays on the run's own bridge (the kubelet's probes).
 from __future__ import annotations
 
 import io
+import json
 import re
+import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ import pytest
 from kubernetes import client
 
 from devloop.building import Engine
-from tests.fixtures.cluster import RealCluster, wait_until
+from tests.fixtures.cluster import SCRIPT, RealCluster, local_cluster, wait_until
 from tests.fixtures.engine import BaseImages
 
 WEB_DOCKERFILE = """FROM {busybox}
@@ -319,3 +322,41 @@ def test_a_missing_image_shows_errimagepull(
     found = events_saying(real_kube_api, real_namespace, "ErrImagePull")
     failed = [e.message for e in found.items if "Failed to pull image" in (e.message or "")]
     assert failed and missing in failed[0] and "not found" in failed[0]
+
+
+def test_the_kubelet_api_refuses_a_caller_without_a_client_certificate(
+    real_cluster: RealCluster,
+) -> None:
+    config = json.loads((real_cluster.dir / "node" / "kubelet" / "kubelet.yaml").read_text())
+    trust = ssl.create_default_context(cafile=str(real_cluster.dir / "pki" / "ca.crt"))
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"https://localhost:{config['port']}/pods", context=trust)
+
+    assert refused.value.code == 401
+
+
+def test_a_second_real_node_on_the_same_machine_is_refused(
+    real_cluster: RealCluster, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+
+    second = local_cluster("up", other, "--nodes", "kubelet")
+
+    assert second.returncode == 1
+    assert f"a real node already runs on this machine from {real_cluster.dir}" in second.stderr
+    assert f"down --dir {real_cluster.dir}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert not list((other / "run").glob("*.json"))  # its control plane was stopped again
+
+
+def test_status_lists_the_node_components(real_cluster: RealCluster) -> None:
+    shown = subprocess.run(
+        [str(SCRIPT), "status", "--dir", str(real_cluster.dir)], capture_output=True, text=True
+    )
+
+    assert shown.returncode == 0
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines()}
+    for component in ("registry", "containerd", "kubelet", "kube-apiserver"):
+        assert "running pid=" in lines[component]
+    assert "kwok" not in lines

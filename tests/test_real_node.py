@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from devloop.building import Engine
+from devloop.kbld.building import Engine
 from tests.fixtures.cluster import SCRIPT, RealCluster, local_cluster, wait_until
 from tests.fixtures.engine import BaseImages
 

@@ -196,15 +196,19 @@ def snapshot() -> dict[str, Any]:
     }
 
 
-def claim_host(layout: NodeLayout) -> None:
-    """Refuse a second real node on this machine; the marker names the DIR that owns the host."""
+def refuse_another_node(root: Path) -> None:
+    """One real node per machine; the marker names the DIR whose node owns the host."""
     if MARKER.exists():
         owner = json.loads(MARKER.read_text())["dir"]
-        if Path(owner) != layout.root and (Path(owner) / "node" / "host.json").exists():
+        if Path(owner) != root and (Path(owner) / "node" / "host.json").exists():
             raise NodeError(
                 f"a real node already runs on this machine from {owner} (fixed host paths allow "
                 f"one); run `local-cluster down --dir {owner}` first."
             )
+
+
+def claim_host(layout: NodeLayout) -> None:
+    refuse_another_node(layout.root)
     layout.base.mkdir(parents=True, exist_ok=True)
     MARKER.write_text(json.dumps({"dir": str(layout.root)}) + "\n")
 
@@ -229,6 +233,7 @@ def restore(root: Path, log: Callable[[str], None]) -> None:
     """
     layout = NodeLayout(root)
     if not layout.ledger.is_file():
+        release_marker(root)  # an up that failed before it changed anything
         return
     ledger = json.loads(layout.ledger.read_text())
     before = ledger["before"]
@@ -254,9 +259,13 @@ def restore(root: Path, log: Callable[[str], None]) -> None:
     if problems:
         raise NodeError("restoring the host failed: " + "; ".join(problems))
     layout.ledger.unlink()
+    release_marker(root)
+    log("host restored")
+
+
+def release_marker(root: Path) -> None:
     if MARKER.exists() and json.loads(MARKER.read_text())["dir"] == str(root):
         MARKER.unlink()
-    log("host restored")
 
 
 def cgroup_dirs() -> Iterator[Path]:

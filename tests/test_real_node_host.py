@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from tests.fixtures.cluster import local_cluster, wait_until
+from tests.fixtures.cluster import SCRIPT, local_cluster, wait_until
 
 SYSCTLS = ("kernel", "vm", "net/ipv4/ip_forward", "net/ipv4/conf/all", "net/ipv6/conf/all")
 VOLATILE = re.compile(r"^kernel/(random|ns_last_pid|pty/nr|keys/(?!root_max))|/stable_secret$")
@@ -173,3 +173,17 @@ def test_the_watchdog_restores_the_host_when_the_owner_is_killed(
 
     assert changed(before, host_state(state)) == {}
     assert not (state / "node").exists()
+
+
+def test_up_without_the_cached_node_binaries_says_to_run_dev_env(tmp_path: Path) -> None:
+    env = {**os.environ, "DEVLOOP_CACHE_DIR": str(tmp_path / "empty")}
+    argv = [str(SCRIPT), "up", "--dir", str(tmp_path / "c"), "--nodes", "kubelet"]
+
+    failed = subprocess.run(
+        argv, capture_output=True, text=True, env={**env, "DEVLOOP_NO_BUILD": "1"}, timeout=60
+    )
+
+    assert failed.returncode == 1
+    assert "is not cached" in failed.stderr and "run scripts/dev-env" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "c" / "node").exists()  # it failed before touching the host

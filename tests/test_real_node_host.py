@@ -175,7 +175,9 @@ def test_the_watchdog_restores_the_host_when_the_owner_is_killed(
     assert not (state / "node").exists()
 
 
-def test_up_without_the_cached_node_binaries_says_to_run_dev_env(tmp_path: Path) -> None:
+def test_up_without_the_cached_node_binaries_says_to_run_dev_env(
+    host_for_a_node: None, tmp_path: Path
+) -> None:
     env = {**os.environ, "DEVLOOP_CACHE_DIR": str(tmp_path / "empty")}
     argv = [str(SCRIPT), "up", "--dir", str(tmp_path / "c"), "--nodes", "kubelet"]
 

@@ -140,6 +140,18 @@ def check_prerequisites(kubelet: Path, pause: Path) -> None:
         raise NodeError(f"the real node needs {', '.join(missing)}; run scripts/dev-env first.")
     if os.geteuid() != 0:
         raise NodeError("the real node (kubelet, containerd) must run as root.")
+    if not any(
+        line.split()[:1] == ["127.0.0.1"] and NODE_NAME in line.split()[1:]
+        for line in Path("/etc/hosts").read_text().splitlines()
+    ):
+        raise NodeError(
+            f"/etc/hosts does not map {NODE_NAME} to 127.0.0.1; the API server reaches the "
+            "node by that name and must not ask DNS."
+        )
+    if read_cgroups():
+        raise NodeError(
+            f"{', '.join(read_cgroups())} already exist: another kubelet runs on this machine."
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,11 +181,32 @@ def test_up_without_the_cached_node_binaries_says_to_run_dev_env(
     env = {**os.environ, "DEVLOOP_CACHE_DIR": str(tmp_path / "empty")}
     argv = [str(SCRIPT), "up", "--dir", str(tmp_path / "c"), "--nodes", "kubelet"]
 
-    failed = subprocess.run(
-        argv, capture_output=True, text=True, env={**env, "DEVLOOP_NO_BUILD": "1"}, timeout=60
-    )
+    failed = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
 
     assert failed.returncode == 1
-    assert "is not cached" in failed.stderr and "run scripts/dev-env" in failed.stderr
+    assert "is not built" in failed.stderr and "run scripts/dev-env" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "c" / "node").exists()  # it failed before touching the host
+
+
+def test_up_without_the_pause_binary_says_to_run_dev_env(
+    host_for_a_node: None, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    (cache / "bin").mkdir(parents=True)
+    for component in ("etcd", "kubernetes"):  # the real, cached cluster binaries; no pause
+        found = subprocess.run(
+            [str(SCRIPT.parent / "build-cluster-binaries"), "--cached", component],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        real = Path(found.strip().split("=", 1)[1])
+        (cache / "bin" / real.name).symlink_to(real)
+    env = {**os.environ, "DEVLOOP_CACHE_DIR": str(cache)}
+    argv = [str(SCRIPT), "up", "--dir", str(tmp_path / "c"), "--nodes", "kubelet"]
+
+    failed = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+    assert failed.returncode == 1
+    assert "/pause" in failed.stderr and "run scripts/dev-env first" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "c" / "node").exists()

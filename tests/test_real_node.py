@@ -360,3 +360,25 @@ def test_status_lists_the_node_components(real_cluster: RealCluster) -> None:
     for component in ("registry", "containerd", "kubelet", "kube-apiserver"):
         assert "running pid=" in lines[component]
     assert "kwok" not in lines
+
+
+def test_exec_runs_a_command_in_the_pod_and_passes_its_exit_code_back(
+    real_cluster: RealCluster, real_kube_api: client.ApiClient, real_namespace: str, images: Images
+) -> None:
+    client.AppsV1Api(real_kube_api).create_namespaced_deployment(
+        real_namespace, web_deployment(images.web_v1)
+    )
+    roll_out(real_kube_api, real_namespace)
+    kubectl = ["kubectl", f"--kubeconfig={real_cluster.kubeconfig}", "-n", real_namespace]
+
+    shown = subprocess.run(
+        [*kubectl, "exec", "deployment/web", "--", "cat", "/www/index.html"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    failed = subprocess.run(
+        [*kubectl, "exec", "deployment/web", "--", "sh", "-c", "exit 4"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert (shown.returncode, shown.stdout) == (0, "hello from v1\n")
+    assert failed.returncode == 4

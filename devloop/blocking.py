@@ -70,9 +70,13 @@ async def call(
     limiter: anyio.CapacityLimiter | None = None,
     deadline_s: float | None = None,
     what: str = "the call",
+    stop: Stop | None = None,
 ) -> T:
-    """Run `fn(*args)` in a worker thread; cancelling the caller stops it at its next `check()`."""
-    stop = Stop(deadline_s, what)
+    """Run `fn(*args)` in a worker thread; cancelling the caller stops it at its next `check()`.
+
+    Pass `stop` to also hand it to `fn` (a build polls it) or to set it from elsewhere.
+    """
+    stop = stop or Stop(deadline_s, what)
     finished = threading.Event()
 
     def run() -> T:

@@ -17,6 +17,7 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from devloop import blocking
 from devloop.errors import DevloopError
 from devloop.events import Events, Stopwatch
 from devloop.kbld.model import Resolved, Source
@@ -138,7 +139,7 @@ class LaneRunner:
         return await self._build(lane, reason, inputs)
 
     async def _build(self, lane: Lane, reason: str, inputs: str) -> str:
-        watch, stop = Stopwatch(), threading.Event()
+        watch, stop = Stopwatch(), blocking.Stop()
         result: Resolved | None = None
         error: DevloopError | None = None
         with anyio.CancelScope() as scope:
@@ -149,7 +150,9 @@ class LaneRunner:
                     try:
                         async with self.limiter:
                             self.events.emit("build.started", image=lane.image, reason=reason)
-                            result = await _run_stoppable(self.build, lane, stop)
+                            result = await blocking.call(
+                                self.build, lane.url, lane.source, stop, stop=stop
+                            )
                     except DevloopError as exc:  # caught inside: the group would wrap it
                         error = exc
                     finally:
@@ -255,35 +258,3 @@ async def _lane_task(
     with anyio.CancelScope() as scope:
         task_status.started(scope)
         await runner.builder(lane)
-
-
-async def _run_stoppable(build: BuildFn, lane: Lane, stop: threading.Event) -> Resolved:
-    """Run `build` in a thread; any cancellation of this task sets `stop`, which the build polls.
-
-    The thread is waited for (not abandoned), so a cancelled build has removed its temporary tags
-    and containers before this returns.
-    """
-
-    finished = threading.Event()
-
-    async def stop_on_cancel() -> None:
-        try:
-            await anyio.sleep_forever()
-        finally:
-            if not finished.is_set():
-                stop.set()
-
-    result: Resolved | None = None
-    error: DevloopError | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_cancel)
-        try:
-            result = await anyio.to_thread.run_sync(build, lane.url, lane.source, stop)
-        except DevloopError as exc:  # raised after the group, not wrapped in an ExceptionGroup
-            error = exc
-        finally:
-            finished.set()
-            tg.cancel_scope.cancel()
-    if error is not None or result is None:
-        raise error or DevloopError("the build returned nothing")
-    return result

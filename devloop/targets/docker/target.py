@@ -14,7 +14,6 @@ old one is removed only once the new one is up.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskGroup
 
+from devloop import blocking
 from devloop.errors import DevloopError, RolloutError
 from devloop.events import Stopwatch
 from devloop.targets.base import ManifestObject, Placement
@@ -95,7 +95,7 @@ class DockerTarget:
         self._timing = timing
         self._limiter = anyio.CapacityLimiter(timing.engine_threads)
         self._log_limiter = anyio.CapacityLimiter(LOG_STREAMS_MAX)
-        self._followed: dict[str, threading.Event] = {}
+        self._followed: dict[str, blocking.Stop] = {}
         self._specs: dict[str, ContainerSpec] = {}  # by container id: what it was started from
 
     def describe(self) -> str:
@@ -265,24 +265,22 @@ class DockerTarget:
             return
         if running is not None:
             running.set()
-        stop = self._followed[container_id] = threading.Event()
+        stop = self._followed[container_id] = blocking.Stop()
         self._followers.start_soon(self._follower, container_id, prefix, since, stop)
 
     async def _follower(
-        self, container_id: str, prefix: str, since: float | None, stop: threading.Event
+        self, container_id: str, prefix: str, since: float | None, stop: blocking.Stop
     ) -> None:
         try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(_set_when_cancelled, stop)
-                await anyio.to_thread.run_sync(
-                    containers.logs_stream,
-                    container_id,
-                    partial(self._on_line, prefix),
-                    stop,
-                    since,
-                    limiter=self._log_limiter,
-                )
-                group.cancel_scope.cancel()
+            await blocking.call(
+                containers.logs_stream,
+                container_id,
+                partial(self._on_line, prefix),
+                stop,
+                since,
+                limiter=self._log_limiter,
+                stop=stop,
+            )
         except DevloopError:
             pass  # the container went away before its output could be followed
         finally:
@@ -308,13 +306,6 @@ async def _concurrently(jobs: Iterable[Callable[[], Awaitable[object]]]) -> list
 
 def _slot(spec: ContainerSpec) -> tuple[str, str]:
     return (spec.workload_ref, spec.container)
-
-
-async def _set_when_cancelled(stop: threading.Event) -> None:
-    try:
-        await anyio.sleep_forever()
-    finally:
-        stop.set()
 
 
 def _trouble(spec: ContainerSpec, status: containers.Status) -> str | None:

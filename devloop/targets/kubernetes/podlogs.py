@@ -11,7 +11,7 @@ told apart by their nanosecond timestamps, counted when equal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +27,8 @@ from devloop.targets.kubernetes.pods import AppWorkload, PodBoard
 
 Obj = Mapping[str, Any]
 OnLine = Callable[[str, str], None]  # (prefix, line), called from a worker thread
+# (namespace, pod, container, sinceTime or None) -> the log's lines, followed; blocking
+OpenLog = Callable[[str, str, str, str | None], Iterable[bytes]]
 RETRY_S = 1.0  # before a broken stream of a running container is opened again
 FOLLOWERS_MAX = 16  # log streams open at once (each holds a worker thread)
 
@@ -77,13 +79,26 @@ class Cursor:
 
 def split_line(raw: bytes) -> tuple[int | None, str]:
     """A `timestamps=true` log line: its timestamp and its text."""
-    text = raw.decode(errors="replace").rstrip("\r")
+    text = raw.decode(errors="replace").rstrip("\r\n")
     stamp, _, rest = text.partition(" ")
     parsed = parse_timestamp(stamp)
     return (parsed, rest) if parsed is not None else (None, text)
 
 
-def show(lines: streaming.Lines, cursor: Cursor, prefix: str, on_line: OnLine) -> None:
+def open_log(cluster: Cluster) -> OpenLog:
+    """The cluster's pod log endpoint, followed, with timestamps."""
+
+    def opened(namespace: str, pod: str, container: str, since: str | None) -> Iterable[bytes]:
+        query = [("container", container), ("follow", "true"), ("timestamps", "true")]
+        if since is not None:
+            query.append(("sinceTime", since))
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        return streaming.open_lines(cluster, path, query)
+
+    return opened
+
+
+def show(lines: Iterable[bytes], cursor: Cursor, prefix: str, on_line: OnLine) -> None:
     """Pass the new lines of one stream to `on_line` (runs in a worker thread)."""
     for raw in lines:
         stamp, text = split_line(raw)
@@ -135,8 +150,8 @@ def started_containers(pod: Obj) -> list[tuple[str, bool]]:
 class PodLogs:
     """Starts one follower per started container of the board's pods, for as long as it runs."""
 
-    def __init__(self, cluster: Cluster, board: PodBoard, on_line: OnLine) -> None:
-        self._cluster, self._board, self._on_line = cluster, board, on_line
+    def __init__(self, board: PodBoard, open_log: OpenLog, on_line: OnLine) -> None:
+        self._board, self._open, self._on_line = board, open_log, on_line
         self._followed: set[tuple[str, str]] = set()  # (pod uid, container)
         self._limiter = anyio.CapacityLimiter(FOLLOWERS_MAX)
 
@@ -186,14 +201,11 @@ class PodLogs:
     async def _stream(self, pod: Obj, name: str, cursor: Cursor, prefix: str) -> None:
         """One log stream, shown until it ends (or cannot be opened: the caller tries again)."""
         meta = pod["metadata"]
-        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/log"
-        query = [("container", name), ("follow", "true"), ("timestamps", "true")]
         since = cursor.reopened()
-        if since is not None:
-            query.append(("sinceTime", since))
 
         def follow() -> None:
-            show(streaming.open_lines(self._cluster, path, query), cursor, prefix, self._on_line)
+            lines = self._open(meta["namespace"], meta["name"], name, since)
+            show(lines, cursor, prefix, self._on_line)
 
         try:
             await blocking.call(follow, limiter=self._limiter, what=f"the log of {prefix}")

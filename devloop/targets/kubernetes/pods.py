@@ -202,7 +202,8 @@ class PodBoard:
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _put(self, kind: str, pod: Obj, owner: tuple[str, str] | None) -> None:
+    def record(self, kind: str, pod: Obj, owner: tuple[str, str] | None) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of a pod whose top controller is `owner`."""
         uid = str((pod.get("metadata") or {}).get("uid", ""))
         if kind == "DELETED":
             self._pods.pop(uid, None)
@@ -256,7 +257,7 @@ class PodBoard:
                 return ""  # e.g. 410 Gone: the resourceVersion is too old
             version = str((pod.get("metadata") or {}).get("resourceVersion", version))
             if kind in ("ADDED", "MODIFIED", "DELETED"):
-                anyio.from_thread.run_sync(self._put, kind, pod, self._owner(pod))
+                anyio.from_thread.run_sync(self.record, kind, pod, self._owner(pod))
         blocking.check()
         return version
 

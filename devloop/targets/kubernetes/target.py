@@ -22,7 +22,7 @@ from devloop import blocking
 from devloop.events import Events, Stopwatch
 from devloop.targets.base import ManifestObject, Placement
 from devloop.targets.kubernetes import applying, forwarding, rollout, streaming
-from devloop.targets.kubernetes.podlogs import PodLogs
+from devloop.targets.kubernetes.podlogs import PodLogs, open_log
 from devloop.targets.kubernetes.pods import AppWorkload, ForwardPort, PodBoard, app_workloads
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ class KubernetesTarget:
         self._group, self._forward = group, forward
         self._board = PodBoard(cluster, group)
         if logs:
-            await group.start(PodLogs(cluster, self._board, self._events.line).run)
+            await group.start(PodLogs(self._board, open_log(cluster), self._events.line).run)
 
     def describe(self) -> str:
         server = self._cluster.server if self._cluster else "the kubeconfig's cluster"

@@ -48,8 +48,8 @@ class Lines:
         self._unregister()
         try:
             self._response.shutdown()
-        except (OSError, AttributeError):
-            pass
+        except (OSError, ValueError):
+            pass  # already ended: nothing is blocked on it
         self._response.release_conn()
 
 

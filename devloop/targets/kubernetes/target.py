@@ -21,7 +21,7 @@ import anyio.abc
 from devloop import blocking
 from devloop.events import Events, Stopwatch
 from devloop.targets.base import ManifestObject, Placement
-from devloop.targets.kubernetes import applying, forwarding, rollout, streaming
+from devloop.targets.kubernetes import applying, forwarding, rollout, rollout_watch, streaming
 from devloop.targets.kubernetes.podlogs import PodLogs, open_log
 from devloop.targets.kubernetes.pods import AppWorkload, ForwardPort, PodBoard, app_workloads
 
@@ -116,7 +116,12 @@ class KubernetesTarget:
         if not workloads:
             return
         watch = Stopwatch()
-        await self._call(rollout.wait_for_rollouts, cluster, workloads, timeout_s)
+
+        def wait() -> None:
+            with rollout_watch.changes(cluster, workloads) as changes:
+                rollout.wait_for_rollouts(cluster, workloads, timeout_s, sleep=changes.wait)
+
+        await self._call(wait)
         self._events.emit(
             "rollout.finished", seconds=watch.seconds, workloads=[w.name for w in workloads]
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ class Lines:
 
     def __init__(self, response: Any) -> None:
         self._response = response
+        self._lock, self._closed = threading.Lock(), False
         stop = blocking.current_stop()
         self._unregister = stop.on_set(self.close) if stop is not None else (lambda: None)
 
@@ -45,11 +47,16 @@ class Lines:
             self.close()
 
     def close(self) -> None:
+        """End the stream; from any thread, any number of times."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._unregister()
         try:
             self._response.shutdown()
-        except (OSError, ValueError):
-            pass  # already ended: nothing is blocked on it
+        except (OSError, ValueError, RuntimeError):
+            pass  # it ended already (released to the pool): nothing is blocked on it
         self._response.release_conn()
 
 

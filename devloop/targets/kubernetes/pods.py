@@ -232,7 +232,7 @@ class PodBoard:
                 attempt = 0
                 while version:
                     version = self._follow(namespace, version)
-            except DevloopError:
+            except (DevloopError, ValueError):  # away, refused, or a torn event: list again
                 stop = blocking.current_stop()
                 if stop is not None:
                     stop.wait(RETRY_S[min(attempt, len(RETRY_S) - 1)])

@@ -20,7 +20,14 @@ import pytest
 
 from devloop import blocking
 from devloop.targets.kubernetes import podlogs
-from devloop.targets.kubernetes.podlogs import Cursor, PodLogs, parse_timestamp, since_time
+from devloop.targets.kubernetes.podlogs import (
+    Cursor,
+    PodLogs,
+    finished,
+    parse_timestamp,
+    since_time,
+    started_containers,
+)
 from devloop.targets.kubernetes.pods import AppWorkload, PodBoard
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +189,15 @@ async def test_a_new_pods_lines_appear_and_a_deleted_pods_follower_ends() -> Non
         assert (await seen.until(2))[-1] == "new pod"
         group.cancel_scope.cancel()
     assert [text for _, text in seen.lines] == ["old pod", "new pod"]
+
+
+def test_init_containers_are_followed_and_done_once_they_succeed() -> None:
+    init = {"name": "migrate", "containerID": "c0", "state": {"terminated": {"exitCode": 0}}}
+    waiting = {"name": "app", "state": {"waiting": {"reason": "PodInitializing"}}}
+    pod = {"spec": {}, "status": {"phase": "Pending", "initContainerStatuses": [init],
+                                  "containerStatuses": [waiting]}}  # fmt: skip
+    assert started_containers(pod) == [("migrate", True)]
+    assert finished(pod, init, init=True)
+    crashed = {**init, "state": {"terminated": {"exitCode": 1}}}
+    assert not finished(pod, crashed, init=True)  # the kubelet runs it again
+    assert not finished(pod, crashed, init=False)  # restartPolicy Always

@@ -66,6 +66,9 @@ spec:
       labels: {{app: counter}}
     spec:
       terminationGracePeriodSeconds: 5
+      initContainers:
+        - {{name: init, image: {image}, command: [sh, -c, "echo init $MSG"],
+            env: [{{name: MSG, value: one}}]}}
       containers:
         - name: app
           image: {image}
@@ -164,6 +167,7 @@ def test_the_apps_lines_and_port_follow_the_new_pod_after_an_edit_with_no_line_t
     project, port, devloop = counter(10**9, real_namespace)
     devloop.wait("rollout.finished", timeout=240)
     devloop.wait("output", line("one", 20))
+    devloop.wait("output", lambda e: e.get("source") == "counter/init" and e["line"] == "init one")
     ready: Event = devloop.wait("portforward.ready")
     assert ready["url"] == f"http://127.0.0.1:{port}"
     assert get(port) == "one\n"
@@ -173,6 +177,7 @@ def test_the_apps_lines_and_port_follow_the_new_pod_after_an_edit_with_no_line_t
     app.write_text(app.read_text().replace("{name: MSG, value: one}", "{name: MSG, value: two}"))
     devloop.wait("rollout.finished", after=mark)
     devloop.wait("output", line("two", 20), after=mark)
+    devloop.wait("output", lambda e: e.get("source") == "counter/init" and e["line"] == "init two")
     assert get(port) == "two\n"  # the same local port, now the new pod
 
     no_pod_with(real_kube_api, real_namespace, "one")

@@ -97,6 +97,8 @@ async def test_the_same_local_port_reaches_the_new_pod_after_a_rollout() -> None
         board.record("MODIFIED", pod("web-2", created="2026-01-01T00:05:00Z"), OWNER)
         board.record("DELETED", pod("web-1"), OWNER)
         assert await ask(port) == b"web-2 8080\n"
+        forwarder.retarget(web, ForwardPort(port, 9090))  # a redeploy changed the pod's port
+        assert await ask(port) == b"web-2 9090\n"
         group.cancel_scope.cancel()
     for thread in tunnels.threads:
         thread.join(5)

@@ -75,6 +75,10 @@ class Forwarder:
         self._limiter = anyio.CapacityLimiter(TUNNELS_MAX)
         self._trouble = ""  # the failure being reported, so it is said once
 
+    def retarget(self, workload: AppWorkload, port: ForwardPort) -> None:
+        """From the next connection on, reach this workload's port (the same local port)."""
+        self._workload, self._port = workload, port
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port.local}"

@@ -23,7 +23,7 @@ from devloop.events import Events, Stopwatch
 from devloop.targets.base import ManifestObject, Placement
 from devloop.targets.kubernetes import applying, forwarding, rollout, rollout_watch, streaming
 from devloop.targets.kubernetes.podlogs import PodLogs, open_log
-from devloop.targets.kubernetes.pods import AppWorkload, ForwardPort, PodBoard, app_workloads
+from devloop.targets.kubernetes.pods import AppWorkload, PodBoard, app_workloads
 
 T = TypeVar("T")
 APPLY_DEADLINE_S = 120.0  # one apply (every object, prune, inventory) must finish within this
@@ -41,7 +41,7 @@ class KubernetesTarget:
         self._group: anyio.abc.TaskGroup | None = None
         self._board: PodBoard | None = None
         self._forward = False
-        self._forwards: dict[int, tuple[AppWorkload, ForwardPort, anyio.CancelScope]] = {}
+        self._forwards: dict[int, tuple[forwarding.Forwarder, anyio.CancelScope]] = {}
 
     async def open_streams(
         self, group: anyio.abc.TaskGroup, *, logs: bool = True, forward: bool = True
@@ -92,12 +92,15 @@ class KubernetesTarget:
         await self._forward_ports(cluster, workloads)
 
     async def _forward_ports(self, cluster: applying.Cluster, workloads: list[AppWorkload]) -> None:
-        """One listener per forwarded port: kept while the same workload's port has it."""
+        """One listener per forwarded local port, kept across deploys (a changed workload or
+        pod port is retargeted on the same listener); a port no longer wanted is closed."""
         if self._board is None or self._group is None or not self._forward:
             return
         wanted = {p.local: (w, p) for w in workloads for p in w.ports}
-        for local, (workload, port, scope) in list(self._forwards.items()):
-            if wanted.get(local) != (workload, port):
+        for local, (forwarder, scope) in list(self._forwards.items()):
+            if local in wanted:
+                forwarder.retarget(*wanted[local])
+            else:
                 scope.cancel()
                 del self._forwards[local]
         for local, (workload, port) in wanted.items():
@@ -107,7 +110,7 @@ class KubernetesTarget:
             opener = partial(streaming.open_tunnel, cluster)
             forwarder = forwarding.Forwarder(self._board, workload, port, opener, self._events.emit)
             scope = anyio.CancelScope()
-            self._forwards[local] = (workload, port, scope)
+            self._forwards[local] = (forwarder, scope)
             self._group.start_soon(_serve, forwarder, listener, scope)
 
     async def _wait(

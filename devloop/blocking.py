@@ -41,6 +41,20 @@ class Stop(threading.Event):
         self.what = what
         self.deadline_s = deadline_s
         self._ends = None if deadline_s is None else time.monotonic() + deadline_s
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        for callback in list(self._callbacks):
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Also run `callback` when the call is stopped (from the stopping thread): how a
+        blocked read (a followed log, a watch) is woken; returns the function that unregisters."""
+        self._callbacks.append(callback)
+        if self.is_set():
+            callback()
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
     def check(self) -> None:
         if self.is_set():

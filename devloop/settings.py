@@ -41,6 +41,8 @@ class Settings:
     rollout_timeout_s: float = 120.0  # deadline for a rollout, seconds
     cleanup: bool = False  # delete the applied resources on exit
     keep: bool = False  # docker target: leave the containers running on exit
+    logs: bool = True  # stream the app's output (pod logs, container output)
+    port_forward: bool = True  # kubernetes target: forward the app's ports to 127.0.0.1
     log_format: str = "console"  # console | json
     target: str = "auto"  # kubernetes | docker | auto
 
@@ -73,6 +75,8 @@ _FILE_KEYS: Mapping[str, tuple[str, type | tuple[type, ...]]] = {
     "rolloutTimeoutSeconds": ("rollout_timeout_s", (int, float)),
     "cleanup": ("cleanup", bool),
     "keep": ("keep", bool),
+    "logs": ("logs", bool),
+    "portForward": ("port_forward", bool),
     "logFormat": ("log_format", str),
     "target": ("target", str),
 }

@@ -68,3 +68,17 @@ def test_resolve_never_outputs_a_settings_document() -> None:
     found = find(read_inputs(["-"], io.StringIO(stream)))
     assert [doc.data["kind"] for doc in found.documents] == ["Pod"]
     assert [doc.data["app"] for doc in found.settings] == ["x"]
+
+
+def test_logs_and_port_forwards_are_on_unless_a_flag_or_the_document_turns_them_off() -> None:
+    from devloop.cli import build_parser
+    from devloop.cli.up import flags_of
+
+    assert (Settings.logs, Settings.port_forward) == (True, True)
+    document = from_document({**DOC, "logs": False, "portForward": False}, "f")
+    assert settle({}, [document], {}).logs is False
+    assert settle({}, [document], {}).port_forward is False
+    args = build_parser().parse_args(["up", "--logs=false", "--no-port-forward"])
+    settings = settle(flags_of(args), [], {})
+    assert (settings.logs, settings.port_forward) == (False, False)
+    assert settle(flags_of(build_parser().parse_args(["up"])), [], {}).logs is True

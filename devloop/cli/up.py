@@ -79,7 +79,9 @@ def _up_arguments(up: argparse.ArgumentParser) -> None:
     )
     add_bool(up, "cleanup", False, "delete what was applied on exit")
     add_bool(up, "keep", False, "docker target: leave the containers running on exit")
-    up.set_defaults(cleanup=None, keep=None)
+    add_bool(up, "logs", True, "stream the app's output (pod logs, container output)")
+    add_bool(up, "port-forward", True, "kubernetes target: forward the app's ports to 127.0.0.1")
+    up.set_defaults(cleanup=None, keep=None, logs=None, port_forward=None)
     up.add_argument(
         "--log-format",
         choices=["console", "json"],
@@ -134,6 +136,8 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
         "rollout_timeout_s",
         "cleanup",
         "keep",
+        "logs",
+        "port_forward",
         "log_format",
         "target",
     ]

@@ -44,7 +44,8 @@ async def open_target(settings: Settings, events: Events) -> AsyncIterator[Targe
 async def _docker(settings: Settings, events: Events) -> AsyncIterator[Target]:
     from devloop.targets.docker.target import docker_target
 
-    async with docker_target(events.line, emit=events.emit) as target:
+    on_line = events.line if settings.logs else _quiet
+    async with docker_target(on_line, emit=events.emit) as target:
         await target.adopt_or_clean(settings.app_name)
         try:
             yield target
@@ -61,16 +62,23 @@ async def _kubernetes(settings: Settings, events: Events) -> AsyncIterator[Targe
     target = KubernetesTarget(settings.kubeconfig, settings.context, events)
     await target.cluster()  # a kubeconfig it cannot use ends `up` at once, before any build
     crashed = False
-    try:
-        yield target
-    except Exception:
-        crashed = True
-        raise
-    finally:  # a clean exit or Ctrl-C cleans up; a crash leaves things to look at
-        if settings.cleanup and not crashed:
-            with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
-                deleted = await target.delete_app(placement(settings))
-                events.emit("cleanup.finished", deleted=len(deleted))
+    async with anyio.create_task_group() as streams:  # pod logs and port-forwards
+        await target.open_streams(streams, logs=settings.logs, forward=settings.port_forward)
+        try:
+            yield target
+        except Exception:
+            crashed = True
+            raise
+        finally:  # a clean exit or Ctrl-C cleans up; a crash leaves things to look at
+            streams.cancel_scope.cancel()  # every listener closes, every follower stops
+            if settings.cleanup and not crashed:
+                with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
+                    deleted = await target.delete_app(placement(settings))
+                    events.emit("cleanup.finished", deleted=len(deleted))
+
+
+def _quiet(_prefix: str, _line: str) -> None:
+    """--logs=false: the app's output is not shown."""
 
 
 async def delete_app(settings: Settings, events: Events) -> list[str]:

@@ -1,21 +1,29 @@
-"""The Kubernetes target: server-side apply, then wait for what changed to roll out.
+"""The Kubernetes target: server-side apply, wait for what changed to roll out, show the app.
 
 One `Cluster` (a blocking REST client) per run, made on first use in a worker thread, and one
 limiter for every call to it. Each call runs through `blocking.call`, so the apply deadline is
 real and a newer change or Ctrl-C stops a rollout wait at its next poll.
+
+While the target is open (`open_streams`, in a task group `open_target` owns), it also follows
+the output of the app's pods (podlogs) and forwards its ports to 127.0.0.1 (forwarding), both
+told after each apply which workloads the app has now.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import anyio
+import anyio.abc
 
 from devloop import blocking
 from devloop.events import Events, Stopwatch
 from devloop.targets.base import ManifestObject, Placement
-from devloop.targets.kubernetes import applying, rollout
+from devloop.targets.kubernetes import applying, forwarding, rollout, rollout_watch, streaming
+from devloop.targets.kubernetes.podlogs import PodLogs, open_log
+from devloop.targets.kubernetes.pods import AppWorkload, PodBoard, app_workloads
 
 T = TypeVar("T")
 APPLY_DEADLINE_S = 120.0  # one apply (every object, prune, inventory) must finish within this
@@ -30,6 +38,22 @@ class KubernetesTarget:
         self._cluster: applying.Cluster | None = None
         self._inventory: applying.Inventory | None = None  # of the last successful apply
         self._limiter = anyio.CapacityLimiter(CLUSTER_CALLS)
+        self._group: anyio.abc.TaskGroup | None = None
+        self._board: PodBoard | None = None
+        self._forward = False
+        self._forwards: dict[int, tuple[forwarding.Forwarder, anyio.CancelScope]] = {}
+
+    async def open_streams(
+        self, group: anyio.abc.TaskGroup, *, logs: bool = True, forward: bool = True
+    ) -> None:
+        """Follow the app's pod logs and forward its ports, in `group`, from the next deploy."""
+        if not (logs or forward):
+            return
+        cluster = await self.cluster()
+        self._group, self._forward = group, forward
+        self._board = PodBoard(cluster, group)
+        if logs:
+            await group.start(PodLogs(self._board, open_log(cluster), self._events.line).run)
 
     def describe(self) -> str:
         server = self._cluster.server if self._cluster else "the kubeconfig's cluster"
@@ -59,7 +83,35 @@ class KubernetesTarget:
         result = await self._call(apply, deadline_s=APPLY_DEADLINE_S, what="applying")
         self._inventory = result.inventory
         self._events.emit("apply.finished", seconds=watch.seconds, **result.counts())
+        workloads = app_workloads(
+            [o.data for o in objects], placement.namespace or cluster.namespace
+        )
+        if self._board is not None:
+            self._board.show(workloads)  # a new pod's lines appear while the rollout runs
         await self._wait(cluster, result.changed_workloads(), placement.rollout_timeout_s)
+        await self._forward_ports(cluster, workloads)
+
+    async def _forward_ports(self, cluster: applying.Cluster, workloads: list[AppWorkload]) -> None:
+        """One listener per forwarded local port, kept across deploys (a changed workload or
+        pod port is retargeted on the same listener); a port no longer wanted is closed."""
+        if self._board is None or self._group is None or not self._forward:
+            return
+        wanted = {p.local: (w, p) for w in workloads for p in w.ports}
+        for local, (forwarder, scope) in list(self._forwards.items()):
+            if local in wanted:
+                forwarder.retarget(*wanted[local])
+            else:
+                scope.cancel()
+                del self._forwards[local]
+        for local, (workload, port) in wanted.items():
+            if local in self._forwards:
+                continue
+            listener = await forwarding.listen(workload, port)
+            opener = partial(streaming.open_tunnel, cluster)
+            forwarder = forwarding.Forwarder(self._board, workload, port, opener, self._events.emit)
+            scope = anyio.CancelScope()
+            self._forwards[local] = (forwarder, scope)
+            self._group.start_soon(_serve, forwarder, listener, scope)
 
     async def _wait(
         self, cluster: applying.Cluster, workloads: list[rollout.Workload], timeout_s: float
@@ -67,7 +119,12 @@ class KubernetesTarget:
         if not workloads:
             return
         watch = Stopwatch()
-        await self._call(rollout.wait_for_rollouts, cluster, workloads, timeout_s)
+
+        def wait() -> None:
+            with rollout_watch.changes(cluster, workloads) as changes:
+                rollout.wait_for_rollouts(cluster, workloads, timeout_s, sleep=changes.wait)
+
+        await self._call(wait)
         self._events.emit(
             "rollout.finished", seconds=watch.seconds, workloads=[w.name for w in workloads]
         )
@@ -86,3 +143,12 @@ class KubernetesTarget:
         return await blocking.call(
             fn, *args, limiter=self._limiter, deadline_s=deadline_s, what=what
         )
+
+
+async def _serve(
+    forwarder: forwarding.Forwarder,
+    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+    scope: anyio.CancelScope,
+) -> None:
+    with scope:
+        await forwarder.serve(listener)

@@ -45,6 +45,7 @@ class Settings:
     port_forward: bool = True  # kubernetes target: forward the app's ports to 127.0.0.1
     log_format: str = "console"  # console | json
     target: str = "auto"  # kubernetes | docker | auto
+    builder: str | None = None  # a buildx builder name for every build; None: buildx's current
 
     @property
     def app_name(self) -> str:
@@ -79,6 +80,7 @@ _FILE_KEYS: Mapping[str, tuple[str, type | tuple[type, ...]]] = {
     "portForward": ("port_forward", bool),
     "logFormat": ("log_format", str),
     "target": ("target", str),
+    "builder": ("builder", str),
 }
 _ENV_PREFIX = "DEVLOOP_"
 

@@ -1,4 +1,8 @@
-"""Docker builds and pushes against the real engine (and a real registry for pushes)."""
+"""Classic-builder builds and pushes against the real engine (and a real registry for pushes).
+
+The classic builder is the fallback when the docker CLI has no buildx plugin; these tests pin it
+(`use_buildx=False`). BuildKit builds are tested in test_buildx.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import io
 import re
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -53,6 +57,15 @@ class Lines:
         return [text for _, text in self.pairs]
 
 
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    """The engine with the classic builder, whether or not buildx is installed."""
+    engine = Engine(use_buildx=False)
+    engine.ping()
+    yield engine
+    engine.close()
+
+
 def source(path: Path, **docker: object) -> Source:
     return Source(ImageRef(image="app"), str(path), DockerBuild(**docker))  # type: ignore[arg-type]
 
@@ -86,17 +99,27 @@ def test_temporary_tags_are_unique_valid_and_name_the_image() -> None:
     assert first.endswith(trim_str(clean_str(image)))
 
 
-def test_raw_build_arg_options_join_the_build_args() -> None:
-    options = DockerBuild(
-        build_args={"A": "1"}, raw_options=("--build-arg", "B=2", "--build-arg=C=x=y")
+def test_buildkit_raw_options_fail_on_the_classic_builder_saying_what_to_install(
+    engine: Engine, make_context: MakeContext
+) -> None:
+    options = source(make_context(), buildkit_options=("--secret", "id=token,env=TOKEN"))
+    with pytest.raises(BuildError) as caught:
+        build_image(engine, options, "app", Lines())
+    assert str(caught.value) == (
+        f"building app failed: rawOptions --secret need BuildKit; {building.HINT}"
     )
-    assert building.build_args(options) == {"A": "1", "B": "2", "C": "x=y"}
+    assert "id=token" not in str(caught.value)
 
 
-def test_other_raw_options_are_rejected_naming_the_document() -> None:
-    options = DockerBuild(raw_options=("--squash",))
-    with pytest.raises(ConfigError, match=r"^build.yml, document 2: docker.build.rawOptions: "):
-        building.build_args(options, "build.yml, document 2")
+def test_a_dockerfile_that_needs_buildkit_fails_on_the_classic_builder_with_the_hint(
+    engine: Engine, base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext
+) -> None:
+    dockerfile = f"FROM {base_images.busybox}\nRUN --mount=type=cache,target=/c true\n"
+    with pytest.raises(BuildError) as caught:
+        build_image(engine, source(make_context(dockerfile=dockerfile)), leftovers.image, Lines())
+    first = str(caught.value).splitlines()[0]
+    assert "the --mount option requires BuildKit" in first
+    assert first.endswith(f"(the classic builder is in use: {building.HINT})")
 
 
 # -- builds ---------------------------------------------------------------------------------------
@@ -185,8 +208,7 @@ def test_file_target_and_build_args_options_reach_the_build(
         context,
         file="docker/Custom.dockerfile",
         target="base",
-        build_args={"GREETING": leftovers.token},
-        raw_options=("--build-arg", "SECOND=raw"),
+        build_args={"GREETING": leftovers.token, "SECOND": "raw"},
     )
     result = build_image(engine, options, leftovers.image, Lines())
     labels = engine.api.inspect_image(result.image_id)["Config"]["Labels"]
@@ -353,7 +375,7 @@ def test_a_push_logs_in_with_the_docker_config(
     leftovers: Leftovers,
     make_context: MakeContext,
 ) -> None:
-    engine = Engine()  # reads DOCKER_CONFIG when it connects
+    engine = Engine(use_buildx=False)  # reads DOCKER_CONFIG when it connects
     built = build(engine, leftovers, make_context)
     target = f"{auth_registry.host}/devloop-test/{leftovers.token}"
     pushed = building.push_image(engine, built.tag, target, Lines())

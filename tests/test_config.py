@@ -120,22 +120,46 @@ def test_build_args_field_wins_over_raw_options() -> None:
     assert config.sources[0].docker.build_args == {"A": "field"}
 
 
-def test_other_raw_options_are_ignored_with_a_warning_that_hides_their_values() -> None:
-    raw = "[--secret, id=token, '--label=k=v', --build-arg, A=1]"
+def test_other_raw_options_are_kept_as_written_for_buildkit() -> None:
+    raw = "[--secret, id=token, '--label=k=v', --build-arg, A=1, --cache-from, type=local]"
     body = f"sources: [{{image: a, path: x, docker: {{build: {{rawOptions: {raw}}}}}}}]\n"
-    _, _, warnings = load(HEAD + body)
-    where = "build.yml, document 1: sources[0].docker.build.rawOptions"
-    assert warnings == [
-        f"{where}[0]: '--secret' is not supported, ignored (only --build-arg is)",
-        f"{where}[2]: '--label' is not supported, ignored (only --build-arg is)",
-    ]
+    config, _, warnings = load(HEAD + body)
+    docker = config.sources[0].docker
+    assert docker.buildkit_options == (
+        *("--secret", "id=token", "--label=k=v", "--cache-from", "type=local"),
+    )
+    assert docker.build_args == {"A": "1"}
+    assert warnings == []
+
+
+def test_a_raw_option_devloop_sets_itself_is_an_error_naming_only_the_option() -> None:
+    raw = "[--build-arg, A=1, '--output=type=local,dest=/secret/place']"
+    body = f"sources: [{{image: a, path: x, docker: {{build: {{rawOptions: {raw}}}}}}}]\n"
+    with pytest.raises(ConfigError) as caught:
+        load(HEAD + body)
+    assert str(caught.value) == (
+        "build.yml, document 1: sources[0].docker.build.rawOptions[2]: '--output' is set by "
+        "devloop. Remove it"
+    )
+
+
+def test_kbld_buildx_sources_are_read_like_docker_build_and_require_buildkit() -> None:
+    build = "{file: D, target: t, pull: true, noCache: true, rawOptions: [--ssh, default]}"
+    body = f"sources: [{{image: a, path: x, docker: {{buildx: {build}}}}}]\n"
+    config, _, warnings = load(HEAD + body)
+    docker = config.sources[0].docker
+    assert (docker.file, docker.target, docker.pull, docker.no_cache) == ("D", "t", True, True)
+    assert docker.buildkit_options == ("--ssh", "default")
+    assert docker.buildx
+    assert warnings == []
 
 
 def test_an_unknown_field_is_a_warning_naming_its_path_and_the_known_fields() -> None:
     body = "sources: [{image: a, path: x, docker: {pul: true}}]\n"
     _, _, warnings = load(f"{POD}---\n{HEAD}{body}")
     assert warnings == [
-        "build.yml, document 2: sources[0].docker.pul: unknown field, ignored (known: build)"
+        "build.yml, document 2: sources[0].docker.pul: unknown field, ignored "
+        "(known: build, buildx)"
     ]
 
 
@@ -256,8 +280,8 @@ def test_other_imgpkg_kinds_pass_through() -> None:
             "sources[0].pack: builder not supported yet. Use docker.build",
         ),
         (
-            "sources: [{image: a, path: x, docker: {buildx: {}}}]",
-            "sources[0].docker.buildx: not supported yet. Use docker.build",
+            "sources: [{image: a, path: x, docker: {buildx: {}, build: {}}}]",
+            "sources[0].docker: has both build and buildx. Keep one of them",
         ),
         (
             "overrides: [{image: a}]",

@@ -78,6 +78,15 @@ def add_files(parser: argparse.ArgumentParser, default: list[str] | None = None)
     )
 
 
+def add_builder_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--builder",
+        metavar="NAME",
+        help="build on this buildx builder, e.g. a remote or in-cluster BuildKit (default: "
+        "$DEVLOOP_BUILDER, else buildx's current builder: the engine's own BuildKit)",
+    )
+
+
 def add_registry_flags(parser: argparse.ArgumentParser) -> None:
     add_bool(parser, "registry-insecure", False, "allow plain-HTTP registries")
     add_bool(parser, "registry-verify-certs", True, "verify registry TLS certificates")

@@ -8,12 +8,13 @@ stages live in `devloop.kbld`; this module only turns flags into one run of them
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from devloop.cli.flags import add_bool, add_files, add_registry_flags
+from devloop.cli.flags import add_bool, add_builder_flag, add_files, add_registry_flags
 from devloop.errors import DevloopError
 from devloop.kbld.documents import iter_documents, read_inputs
 from devloop.kbld.model import Config, Resolved
@@ -56,6 +57,7 @@ def add_resolve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "only list the image references found (as `- image: REF`), resolve nothing",
     )
     add_registry_flags(p)
+    add_builder_flag(p)
     p.set_defaults(run=_run_resolve)
 
 
@@ -147,7 +149,12 @@ def _options(args: argparse.Namespace) -> ResolveOptions:
         verify_certs=args.registry_verify_certs,
         ca_cert_paths=tuple(args.registry_ca_cert_path),
     )
-    return ResolveOptions(build=args.build, concurrency=args.build_concurrency, registry=registry)
+    return ResolveOptions(
+        build=args.build,
+        concurrency=args.build_concurrency,
+        registry=registry,
+        builder=args.builder or os.environ.get("DEVLOOP_BUILDER") or None,
+    )
 
 
 def _write_locks(

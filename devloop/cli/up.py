@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _up_arguments(up: argparse.ArgumentParser) -> None:
-    from devloop.cli.flags import add_bool
+    from devloop.cli.flags import add_bool, add_builder_flag
     from devloop.settings import Settings
 
     _common(up)
@@ -88,6 +88,7 @@ def _up_arguments(up: argparse.ArgumentParser) -> None:
         help="console lines on stderr, or JSON lines on stdout (default console)",
     )
     _add_target(up)
+    add_builder_flag(up)
 
 
 def _down_arguments(down: argparse.ArgumentParser) -> None:
@@ -140,6 +141,7 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
         "port_forward",
         "log_format",
         "target",
+        "builder",
     ]
     flags = {name: getattr(args, name, None) for name in names}
     for name in ("files", "render_inputs"):

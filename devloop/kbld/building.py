@@ -1,11 +1,13 @@
 """Docker builds and pushes, kbld's way: the only module that talks to the Docker engine.
 
 The functions block; the async layers call them in worker threads and pass a `cancelled` probe.
-A build streams through the engine's HTTP API (the classic builder, which honours
-`.dockerignore` through the SDK's context tarball) and its output goes out line by line as
-`<image> | <line>`. Tags follow kbld exactly, so references written by kbld and by devloop are
-interchangeable: a random temporary tag during the build, then the stable
-`kbld:<image>-sha256-<id>` tag, and no temporary tag left behind even on failure or cancel.
+A build runs through BuildKit when the docker CLI has the buildx plugin (`buildx.py`), else
+through the engine's HTTP API (the classic builder, which honours `.dockerignore` through the
+SDK's context tarball, but knows no `RUN --mount`, heredoc or build secret); either way its
+output goes out line by line as `<image> | <line>`. Tags follow kbld exactly, so references
+written by kbld and by devloop are interchangeable: a random temporary tag during the build, then
+the stable `kbld:<image>-sha256-<id>` tag, and no temporary tag left behind even on failure or
+cancel.
 
 Cancelling must really stop the build, also during a step that prints nothing for minutes, when
 the thread would sit in a blocking socket read. So the stream is read by a helper thread and the
@@ -20,7 +22,6 @@ import os
 import queue
 import re
 import secrets
-import shlex
 import socket
 import threading
 import time
@@ -44,7 +45,8 @@ from devloop.errors import (
     RegistryError,
     RegistryUnavailable,
 )
-from devloop.kbld.model import DockerBuild, Source
+from devloop.kbld import buildx
+from devloop.kbld.model import Source
 from devloop.logs import LineSink, LineSplitter
 
 # Must match kbld: users and tools parse these (e.g. clean-ups of `kbld:` images).
@@ -93,11 +95,24 @@ def stable_tag(image: str, image_id: str) -> str:
 class Engine:
     """The Docker engine, connected on first use; safe to share between threads."""
 
-    def __init__(self, base_url: str | None = None, timeout_s: float = CALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        timeout_s: float = CALL_TIMEOUT_S,
+        *,
+        builder: str | None = None,
+        use_buildx: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.base_url = base_url  # None: DOCKER_HOST, else the default socket
         self.timeout_s = timeout_s
+        self.builder = builder  # a buildx builder name (`--builder`); None: buildx's current one
+        self.use_buildx = use_buildx  # False: always the classic builder
+        self.env = dict(os.environ if env is None else env)  # for the docker CLI
         self._client: Any = None
         self._lock = threading.Lock()
+        self._buildx_probed = False
+        self._buildx: buildx.Buildx | None = None
         self._responses: dict[str, Any] = {}  # temp tag -> its build's streaming HTTP response
         self._stage_images: dict[str, list[str]] = {}  # image -> its last build's stage ends
 
@@ -119,6 +134,22 @@ class Engine:
                 self.api.remove_image(image_id, noprune=False)
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             pass  # gone already, used by a container, or a parent of another image: keep it
+
+    def buildx(self, out: LineSink) -> buildx.Buildx | None:
+        """The buildx plugin to build with, looked up once; says once when there is none."""
+        with self._lock:
+            if self._buildx_probed:
+                return self._buildx
+            self._buildx_probed = True
+            if not self.use_buildx:
+                return None
+            env = dict(self.env)
+            if self.base_url:
+                env["DOCKER_HOST"] = self.base_url
+            self._buildx = buildx.find_buildx(env, self.builder)
+        if self._buildx is None:
+            out.line("devloop", f"BuildKit is not available, using the classic builder: {HINT}")
+        return self._buildx
 
     @property
     def host(self) -> str:
@@ -181,6 +212,9 @@ class BuildResult:
 
 
 # -- build ---------------------------------------------------------------------------------------
+HINT = buildx.INSTALL_HINT
+
+
 def build_image(
     engine: Engine,
     source: Source,
@@ -190,6 +224,10 @@ def build_image(
 ) -> BuildResult:
     """Build `source` as kbld's docker builder does; `image` is the reference's repository."""
     _check_directory(source)
+    found = engine.buildx(out)
+    if found is not None:
+        return _build_with_buildx(engine, found, source, image, out, cancelled or _never)
+    _check_classic(source, image)
     tmp = temp_tag(image)
     out.line(image, f"starting build (using Docker): {source.path} -> {tmp}")
     build = _Build(engine, image, out)
@@ -204,6 +242,49 @@ def build_image(
         _remove_tag(engine, tmp, out, image)
     out.line(image, "finished build (using Docker)")
     return result
+
+
+def _build_with_buildx(
+    engine: Engine,
+    found: buildx.Buildx,
+    source: Source,
+    image: str,
+    out: LineSink,
+    cancelled: Callable[[], bool],
+) -> BuildResult:
+    tmp = temp_tag(image)
+    on = f" on builder {found.builder}" if found.builder else ""
+    out.line(image, f"starting build (using BuildKit{on}): {source.path} -> {tmp}")
+    options = buildx.BuildOptions(
+        context=source.path,
+        file=source.docker.file,
+        target=source.docker.target,
+        pull=source.docker.pull,
+        no_cache=source.docker.no_cache,
+        platform=source.docker.platform,
+        build_args=source.docker.build_args,
+        extra=source.docker.buildkit_options,
+    )
+    try:
+        image_id = buildx.run_build(found, options, image, tmp, out, cancelled)
+        result = BuildResult(image_id, stable_tag(image, image_id))
+        engine.api.tag(image_id, result.tag)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise BuildError(image, _api_reason(e)) from e
+    finally:
+        _remove_tag(engine, tmp, out, image)
+    out.line(image, "finished build (using BuildKit)")
+    return result
+
+
+def _check_classic(source: Source, image: str) -> None:
+    """Options only BuildKit understands fail before the classic builder starts."""
+    if source.docker.buildx:
+        raise BuildError(image, f"the Source uses docker.buildx; {HINT}")
+    if source.docker.buildkit_options:
+        names = sorted({word.split("=")[0] for word in source.docker.buildkit_options})
+        names = [name for name in names if name.startswith("-")] or ["rawOptions"]
+        raise BuildError(image, f"rawOptions {', '.join(names)} need BuildKit; {HINT}")
 
 
 def _check_directory(source: Source) -> None:
@@ -225,7 +306,7 @@ def _build_kwargs(source: Source, tag: str) -> dict[str, Any]:
         "target": options.target,
         "pull": options.pull,
         "nocache": options.no_cache,
-        "buildargs": build_args(options, source.where),
+        "buildargs": dict(options.build_args),
         "platform": options.platform,
         "tag": tag,
         "rm": True,
@@ -233,24 +314,6 @@ def _build_kwargs(source: Source, tag: str) -> dict[str, Any]:
         "decode": True,
         "timeout": BUILD_READ_TIMEOUT_S,
     }
-
-
-def build_args(options: DockerBuild, where: str = "") -> dict[str, str]:
-    """`buildArgs` plus the `--build-arg K=V` found in kbld's `rawOptions`."""
-    args = dict(options.build_args)
-    words = iter(options.raw_options)
-    for word in words:
-        if word == "--build-arg":
-            word = "--build-arg=" + next(words, "")
-        key, equals, value = word.removeprefix("--build-arg=").partition("=")
-        if not word.startswith("--build-arg=") or not key or not equals:
-            raise ConfigError(
-                f"{where}: docker.build.rawOptions" if where else "docker.build.rawOptions",
-                f"unsupported option {shlex.quote(word)}",
-                "Only --build-arg NAME=VALUE is supported with the Docker engine API",
-            )
-        args[key] = value
-    return args
 
 
 _STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
@@ -278,7 +341,7 @@ class _Build:
             self.engine.take_response(tag)  # only needed while the build runs
         self.emit(self.splitter.finish())
         if self.error is not None:
-            raise BuildError(self.image, self.error, list(self.tail))
+            raise BuildError(self.image, _classic_reason(self.error), list(self.tail))
         return self.image_id or self.engine.api.inspect_image(tag)["Id"]
 
     def take(self, item: Mapping[str, Any]) -> None:
@@ -479,6 +542,13 @@ def _error_text(item: Mapping[str, Any]) -> str:
 def _api_reason(error: BaseException) -> str:
     explanation = getattr(error, "explanation", None)
     return _first_line(str(explanation or error))
+
+
+def _classic_reason(error: str) -> str:
+    """The classic builder's error, with what to install when BuildKit would have built it."""
+    if "requires BuildKit" in error or "unknown instruction" in error.lower():
+        return f"{error} (the classic builder is in use: {HINT})"
+    return error
 
 
 def _first_line(text: str) -> str:

@@ -232,12 +232,16 @@ def _source(item: Any, path: str, index: int, r: Reader) -> Source:
 
 
 def _docker(value: Any, path: str, r: Reader) -> DockerBuild:
-    r.refuse(value, path, ("buildx",), "not supported yet", "Use docker.build")
-    build_path = join(path, "build")
-    m = r.fields(r.fields(value, path, ("build",)).get("build"), build_path, _BUILD_KEYS_ALL)
-    r.boolean(m, "buildkit", build_path)  # kbld's flag; the engine's builder is used anyway
+    m = r.fields(value, path, ("build", "buildx"))
+    if "build" in m and "buildx" in m:
+        raise r.error(path, "has both build and buildx", "Keep one of them")
+    kind = "buildx" if "buildx" in m else "build"
+    build_path = join(path, kind)
+    known = _BUILD_KEYS_ALL if kind == "build" else _BUILD_KEYS
+    m = r.fields(m.get(kind), build_path, known)
+    r.boolean(m, "buildkit", build_path)  # kbld's flag; devloop uses BuildKit whenever it can
     raw = r.strings(m, "rawOptions", build_path)
-    args = _raw_build_args(raw, join(build_path, "rawOptions"), r)
+    args, buildkit = parse_raw_options(raw, join(build_path, "rawOptions"), r)
     return DockerBuild(
         file=r.string(m, "file", build_path) or None,
         target=r.string(m, "target", build_path) or None,
@@ -246,15 +250,28 @@ def _docker(value: Any, path: str, r: Reader) -> DockerBuild:
         build_args={**args, **r.string_map(m.get("buildArgs"), join(build_path, "buildArgs"))},
         platform=r.string(m, "platform", build_path) or None,
         raw_options=raw,
+        buildkit_options=buildkit,
+        buildx=kind == "buildx",
     )
 
 
-def _raw_build_args(raw: Sequence[str], path: str, r: Reader) -> dict[str, str]:
-    """Fold `--build-arg K=V` / `--build-arg=K=V` into build args; warn about other options.
+# buildx flags devloop sets itself: a rawOptions copy would fight them (or print nothing).
+_OWN_FLAGS = {
+    *("--tag", "-t", "--load", "--push", "--output", "-o", "--iidfile", "--metadata-file"),
+    *("--progress", "--builder", "--quiet", "-q", "--call", "--check"),
+}
 
-    Only option names are shown in warnings: values may hold secrets.
+
+def parse_raw_options(
+    raw: Sequence[str], path: str, r: Reader
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """kbld's `rawOptions`: the `--build-arg K=V` / `--build-arg=K=V` folded into build args,
+    and every other word, as written, for buildx (`--secret`, `--ssh`, `--cache-from`, ...).
+
+    Errors name options only: their values may hold secrets.
     """
     args: dict[str, str] = {}
+    rest: list[str] = []
     i = 0
     while i < len(raw):
         option = raw[i]
@@ -263,11 +280,13 @@ def _raw_build_args(raw: Sequence[str], path: str, r: Reader) -> dict[str, str]:
             i += 1
         elif option.startswith("--build-arg="):
             _add_build_arg(args, option.removeprefix("--build-arg="))
-        elif option.startswith("-"):
+        elif option.split("=")[0] in _OWN_FLAGS:
             name = option.split("=")[0]
-            r.warn(f"{path}[{i}]", f"'{name}' is not supported, ignored (only --build-arg is)")
+            raise r.error(f"{path}[{i}]", f"'{name}' is set by devloop", "Remove it")
+        else:
+            rest.append(option)
         i += 1
-    return args
+    return args, tuple(rest)
 
 
 def _add_build_arg(args: dict[str, str], text: str) -> None:

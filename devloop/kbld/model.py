@@ -49,7 +49,11 @@ class ImageRef:
 
 @dataclass(frozen=True)
 class DockerBuild:
-    """Options of a docker build; paths are relative to the Source `path`."""
+    """Options of a docker build; paths are relative to the Source `path`.
+
+    `config.py` is the one place that reads `rawOptions`: `--build-arg` words are folded into
+    `build_args`, every other word lands in `buildkit_options`, passed to buildx as written.
+    """
 
     file: str | None = None  # Dockerfile path relative to the context; default "Dockerfile"
     target: str | None = None
@@ -57,7 +61,9 @@ class DockerBuild:
     no_cache: bool = False
     build_args: Mapping[str, str] = field(default_factory=dict)
     platform: str | None = None
-    raw_options: tuple[str, ...] = ()  # kbld's rawOptions; only --build-arg K=V is understood
+    raw_options: tuple[str, ...] = ()  # kbld's rawOptions as written (part of the input digest)
+    buildkit_options: tuple[str, ...] = ()  # rawOptions but --build-arg: buildx flags, verbatim
+    buildx: bool = False  # kbld's `docker.buildx` (BuildKit required) rather than `docker.build`
 
 
 @dataclass(frozen=True)

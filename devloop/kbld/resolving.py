@@ -36,6 +36,7 @@ class ResolveOptions:
     # `devloop up` only: a tag the registry cannot resolve is used as written (and reported)
     # rather than blocking the deploy, as Skaffold and Tilt leave images they do not build.
     keep_unresolved_tags: bool = False
+    builder: str | None = None  # --builder: a buildx builder name; None: buildx's current one
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Resolver:
         if self.engine is None:
             from devloop.kbld.building import Engine
 
-            self.engine = Engine()
+            self.engine = Engine(builder=self.options.builder)
         return build_source(
             self.engine, self.config, url, source, self.out, self._registry_client, _cancelled
         )

@@ -182,7 +182,7 @@ class Builds:
         if self._engine is None:
             from devloop.kbld.building import Engine
 
-            self._engine = Engine()
+            self._engine = Engine(builder=self._controller.settings.builder)
         return build_source(
             self._engine, config, url, source, self._events, self._registry, stop.is_set
         )

@@ -119,13 +119,24 @@ def image_id(reference: str) -> str:
 
 def run(spec: ContainerSpec) -> str:
     """Create and start the container of `spec`; returns its id. A failed start removes it."""
+    container_id = create(spec)
+    start_created(container_id, spec)
+    return container_id
+
+
+def create(spec: ContainerSpec) -> str:
+    """Create the container of `spec` without starting it (no host port is bound yet)."""
     with _engine(f"creating container {spec.name}"):
-        container = _client().containers.create(**_create_args(spec))
+        return str(_client().containers.create(**_create_args(spec)).id)
+
+
+def start_created(container_id: str, spec: ContainerSpec) -> None:
+    """Start a container `create` made; a failed start removes it."""
     try:
         with _engine(f"starting container {spec.name} ({spec.prefix})"):
-            container.start()
+            _client().api.start(container_id)
     except DevloopError as error:
-        _remove_quietly(container.id)
+        _remove_quietly(container_id)
         if any(words in str(error) for words in PORT_TAKEN):
             ports = ", ".join(f"127.0.0.1:{p.host}" for p in spec.ports)
             raise DevloopError(
@@ -133,7 +144,6 @@ def run(spec: ContainerSpec) -> str:
                 " stop that or change the Service port"
             ) from error
         raise
-    return str(container.id)
 
 
 def _create_args(spec: ContainerSpec) -> dict[str, Any]:

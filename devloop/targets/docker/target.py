@@ -173,10 +173,19 @@ class DockerTarget:
     async def _replace(self, spec: ContainerSpec, old: list[containers.Info]) -> None:
         ports = {port.host for port in spec.ports}
         holders = [info for info in old if info.status.running and info.host_ports & ports]
-        for info in holders:
-            await self._engine(containers.stop, info.id, self._timing.stop_timeout_s)
+        # Created before the old one stops (creating binds no port): the app is away only for
+        # the stop and the start.
+        new_id = await self._created(spec)
         try:
-            await self._start_checked(spec)
+            for info in holders:
+                await self._engine(containers.stop, info.id, self._timing.stop_timeout_s)
+        except BaseException:
+            with anyio.move_on_after(ROLLBACK_S, shield=True):
+                await self._engine(containers.stop_and_remove, new_id, 0)
+                await self._restore(holders)
+            raise
+        try:
+            await self._start_checked(spec, new_id)
         except _NotReady as problem:
             after = await self._restore(holders)
             if not after and not any(info.status.running for info in old):
@@ -188,9 +197,17 @@ class DockerTarget:
             raise
         await self._remove(old)
 
-    async def _start_checked(self, spec: ContainerSpec) -> None:
+    async def _created(self, spec: ContainerSpec) -> str:
         try:
-            new_id = await self._engine(containers.run, spec)
+            return await self._engine(containers.create, spec)
+        except DevloopError as error:
+            if error.retryable:
+                raise
+            raise RolloutError(f"{spec.prefix}: could not create the container: {error}") from None
+
+    async def _start_checked(self, spec: ContainerSpec, new_id: str) -> None:
+        try:
+            await self._engine(containers.start_created, new_id, spec)
         except DevloopError as error:
             if error.retryable:
                 raise

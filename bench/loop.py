@@ -1,7 +1,11 @@
 """Dev-loop benchmark: what a developer waits for between a save and the change rolled out.
 
     python bench/loop.py [--edits 10] [--debounce-ms 100 --debounce-ms 20] [--kubeconfig K]
-                         [--idle-files 100000] [--idle-seconds 10]
+                         [--idle-files 100000] [--idle-seconds 10] [--target docker]
+
+`--target docker` runs the app on the local engine instead (no cluster): each edit is timed from
+the save to the first HTTP answer that carries the new greeting, with the build's share and the
+wait of the container replace (build.finished to the new answer).
 
 Starts a throwaway cluster (scripts/local-cluster) unless --kubeconfig is given, copies the
 sample app (sample-app-go/, config/) to a temporary project and drives `devloop up --log-format
@@ -23,11 +27,13 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -201,6 +207,111 @@ def run_session(project: Path, kubeconfig: Path, debounce_ms: int, edits: int) -
     return session
 
 
+# -- the Docker target: save to the new answer ------------------------------------------------
+
+
+@dataclass
+class Answers:
+    """The samples of one `devloop up --target docker` run."""
+
+    startup_s: float = 0.0
+    save_to_answer_s: list[float] = field(default_factory=list)
+    build_s: list[float] = field(default_factory=list)  # build.finished.seconds
+    build_to_answer_s: list[float] = field(default_factory=list)  # the replace, as seen by curl
+    deploy_s: list[float] = field(default_factory=list)  # rollout.finished.seconds
+    builder: str = ""
+    refs: list[str] = field(default_factory=list)
+
+
+def answer(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def await_answer(port: int, wanted: str, timeout: float) -> float:
+    """Poll every 5 ms until the app answers with `wanted`; the time it first did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wanted in answer(port):
+            return time.time()
+        time.sleep(0.005)
+    raise RuntimeError(f"no answer with {wanted!r} on 127.0.0.1:{port} within {timeout} s")
+
+
+def docker_project(destination: Path) -> tuple[Path, int]:
+    """The sample app on a free host port (the Service port is what the target publishes)."""
+    project = copy_project(destination)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    service = project / "config" / "service.yml"
+    service.write_text(service.read_text().replace("port: 8080", f"port: {port}"))
+    return project, port
+
+
+def run_docker_session(project: Path, port: int, edits: int) -> Answers:
+    runs = Answers()
+    main_go = project / "sample-app-go" / "main.go"
+    original = main_go.read_text()
+    token = secrets.token_hex(3)
+    app = f"bench-{token}"
+    started = time.time()
+    dl = Devloop(project, ["--app", app, "--target", "docker"])
+    try:
+        rollout = await_any(dl, ["rollout.finished"], 0, BUILD_TIMEOUT_S)
+        runs.startup_s = at(rollout) - started
+        output = [str(e.get("line")) for e in dl.events if e.get("event") == "output"]
+        runs.builder = next((line for line in output if line.startswith("starting build")), "")
+        settle(dl, 0.6)
+        for n in range(edits):
+            greeting = f"from edit {n} of {token}"
+            mark = dl.mark()
+            saved = save(
+                main_go, original.replace(GREETING, f'"Hello {greeting}, %s!\\n"').encode()
+            )
+            answered = await_answer(port, greeting, BUILD_TIMEOUT_S)
+            await_any(dl, ["rollout.finished"], mark, BUILD_TIMEOUT_S)
+            _, finished = first(dl.events[mark:], "build.finished")
+            _, rolled = first(dl.events[mark:], "rollout.finished")
+            runs.save_to_answer_s.append(answered - saved)
+            runs.build_s.append(float(finished["seconds"]))
+            runs.build_to_answer_s.append(answered - at(finished))
+            runs.deploy_s.append(float(rolled["seconds"]))
+            runs.refs.append(str(finished["ref"]))
+            settle(dl, 0.6)
+    finally:
+        stop_devloop(dl)
+        main_go.write_text(original)
+    return runs
+
+
+def answers_table(a: Answers, edits: int) -> list[str]:
+    return [
+        f"devloop up --target docker, {edits} edits of main.go: first answer "
+        f"{sec(a.startup_s)} after start; {a.builder.partition(':')[0]}",
+        f"  {'':{W}}{'median':>9} {'min':>9} {'max':>9}",
+        f"  {'save -> new answer (HTTP)':{W}}{spread(a.save_to_answer_s, sec)}",
+        f"  {'  of which the build':{W}}{spread(a.build_s, sec)}",
+        f"  {'  build.finished -> new answer':{W}}{spread(a.build_to_answer_s, sec)}",
+        f"  {'replace until checked (rollout.seconds)':{W}}{spread(a.deploy_s, sec)}",
+        f"  {'target: save -> answer < 2 s median':{W}}"
+        f"{'ok' if a.save_to_answer_s and statistics.median(a.save_to_answer_s) < 2 else 'MISSED'}",
+    ]
+
+
+def run_docker(args: argparse.Namespace) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="devloop-bench-") as temp:
+        project, port = docker_project(Path(temp) / "project")
+        print(f"running devloop up --target docker on 127.0.0.1:{port} ...", file=sys.stderr)
+        runs = run_docker_session(project, port, args.edits)
+        remove_images(runs.refs)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [f"{os.cpu_count()} CPUs, load average {load}", "", *answers_table(runs, args.edits)]
+
+
 # -- idle cost ----------------------------------------------------------------------------
 
 
@@ -321,6 +432,14 @@ def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
     return f"{fmt(mid):>9} {fmt(low):>9} {fmt(high):>9}"
 
 
+def share(parts: Sequence[float], wholes: Sequence[float]) -> list[float]:
+    return [part / whole * 100 for part, whole in zip(parts, wholes, strict=False) if whole]
+
+
+def pct(value: float) -> str:
+    return f"{value:.0f} %"
+
+
 def ms(value: float) -> str:
     return f"{value:.0f} ms"
 
@@ -330,11 +449,13 @@ def sec(value: float) -> str:
 
 
 def session_table(s: Session) -> list[str]:
+    build_share = share(s.build_s, s.save_to_rollout_s)
     return [
         f"devloop up --debounce-ms {s.debounce_ms}: first rollout {sec(s.startup_s)} after start",
         f"  {'':{W}}{'median':>9} {'min':>9} {'max':>9}",
         f"  {'save -> build.started':{W}}{spread(s.save_to_build_ms, ms)}",
         f"  {'build (build.finished.seconds)':{W}}{spread(s.build_s, sec)}",
+        f"  {'build share of save -> rollout':{W}}{spread(build_share, pct)}",
         f"  {'build.finished -> apply.started':{W}}{spread(s.build_to_apply_ms, ms)}",
         f"  {'save -> rollout.finished':{W}}{spread(s.save_to_rollout_s, sec)}",
         f"  {'no-op save -> build.skipped':{W}}{spread(s.noop_to_skip_ms, ms)}",
@@ -448,6 +569,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting one")
     parser.add_argument("--idle-files", type=int, default=100_000, help="0 skips the idle run")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--target",
+        choices=["kubernetes", "docker"],
+        default="kubernetes",
+        help="docker: time save -> new HTTP answer on the local engine instead",
+    )
     return parser.parse_args(argv)
 
 
@@ -493,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, raise_interrupt)
     args = parse_args(argv)
     try:
-        lines, ok = run(args)
+        lines, ok = (run_docker(args), True) if args.target == "docker" else run(args)
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130

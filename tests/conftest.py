@@ -11,6 +11,7 @@ from tests.procs import describe, live_processes
 pytest_plugins = [
     "tests.fixtures.engine",
     "tests.fixtures.registry",
+    "tests.fixtures.buildkit",
     "tests.fixtures.cluster",
 ]
 LEAK_GRACE_S = 5.0  # how long a test's processes may take to exit after it ends

@@ -233,7 +233,7 @@ def test_stderr_shows_prefixed_build_output_and_ends_with_the_one_final_line(
     assert final_lines(app_run.stderr) == [f"resolve | final: {app.image} -> {built}"]
     assert lines[-1] == final_lines(app_run.stderr)[0]
     assert all(line.startswith(f"{app.image} | ") for line in lines[:-1])
-    assert f"{app.image} | finished build (using Docker)" in lines
+    assert f"{app.image} | finished build (using BuildKit)" in lines
 
 
 # -- 5. help, version, inspect --------------------------------------------------------------------

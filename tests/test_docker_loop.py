@@ -6,6 +6,7 @@ exists in the test's HOME, so `devloop up` picks the Docker target by itself.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -76,9 +77,10 @@ def app_containers(engine: Engine, app: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def home(tmp_path: Path) -> dict[str, str]:
-    """An environment with no kubeconfig anywhere."""
+    """An environment with no kubeconfig anywhere (the Docker config, buildx included, stays)."""
     (tmp_path / "home").mkdir()
-    return {"HOME": str(tmp_path / "home"), "KUBECONFIG": ""}
+    docker_config = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    return {"HOME": str(tmp_path / "home"), "KUBECONFIG": "", "DOCKER_CONFIG": docker_config}
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from devloop import buildx
-from devloop.building import BuildResult, Engine, build_image, stable_tag
 from devloop.errors import BuildCancelled, BuildError
+from devloop.kbld import buildx
+from devloop.kbld.building import BuildResult, Engine, build_image, stable_tag
+from devloop.kbld.model import DockerBuild, ImageRef, Source
 from devloop.logs import LineWriter
-from devloop.model import DockerBuild, ImageRef, Source
 from tests.fixtures.buildkit import RemoteBuilder, buildx_plugin
 from tests.fixtures.engine import BaseImages, Leftovers
 from tests.procs import describe

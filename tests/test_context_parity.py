@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from devloop.building import Engine, build_image
-from devloop.inputs import context_files
-from devloop.model import DockerBuild, ImageRef, Source
+from devloop.kbld.building import Engine, build_image
+from devloop.kbld.model import DockerBuild, ImageRef, Source
+from devloop.loop.inputs import context_files
 from tests.fixtures.buildkit import RemoteBuilder, buildx_plugin
 from tests.fixtures.engine import Leftovers
 

@@ -225,7 +225,7 @@ class Answers:
 
 def answer(port: int) -> str:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=0.2) as response:
             return str(response.read().decode())
     except OSError:
         return ""

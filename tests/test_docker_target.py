@@ -209,13 +209,45 @@ async def test_leftovers_of_a_killed_run_are_removed_on_the_next_start(
 
 @pytest.mark.docker
 async def test_a_kept_container_with_the_same_spec_is_adopted_not_restarted(
+    app: str, image: str
+) -> None:
+    port = free_port()
+    async with docker_target(Output(), FAST) as first:  # a `devloop up --keep` that ended
+        await first.converge(web(image, port), app)
+    [kept] = await running(app)
+    async with docker_target(Output(), FAST) as second:  # the next `devloop up`
+        await second.adopt_or_clean(app)
+        await second.converge(web(image, port), app)
+        assert await get(port) == "one\n"  # the Service port is served again
+        assert [info.id for info in await running(app)] == [kept.id]
+        await second.cleanup(app)
+
+
+@pytest.mark.docker
+async def test_a_replace_keeps_answering_every_request_while_the_new_container_starts(
     serving: Serving,
 ) -> None:
-    [kept] = await running(serving.app)
-    async with docker_target(Output(), FAST) as second:  # the next `devloop up` after --keep
-        await second.adopt_or_clean(serving.app)
-        await second.converge(web(serving.image, serving.port), serving.app)
-    assert [info.id for info in await running(serving.app)] == [kept.id]
+    answers: list[str] = []
+
+    async def keep_asking() -> None:
+        while True:
+            answers.append(await anyio.to_thread.run_sync(fetch_or_error, serving.port))
+            await anyio.sleep(0.005)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(keep_asking)
+        busybox_image(serving.app, "two\n")
+        await serving.deploy()
+        group.cancel_scope.cancel()
+    assert answers and set(answers) <= {"one\n", "two\n"}, set(answers)
+    assert answers[-1] == "two\n"
+
+
+def fetch_or_error(port: int) -> str:
+    try:
+        return fetch(port)
+    except Exception as error:  # what a client would see
+        return type(error).__name__
 
 
 @pytest.mark.docker

@@ -147,10 +147,13 @@ def start_created(container_id: str, spec: ContainerSpec) -> None:
 
 
 def _create_args(spec: ContainerSpec) -> dict[str, Any]:
-    ports: dict[str, list[tuple[str, int]]] = {}
+    ports: dict[str, list[tuple[str, int | None]]] = {}
     for port in spec.ports:
+        # TCP Service ports are devloop's own listeners (forwarding.py): the engine publishes
+        # the container on a port of its choosing. UDP and SCTP are published as they are.
+        host = None if port.protocol == "TCP" else port.host
         ports.setdefault(f"{port.container}/{port.protocol.lower()}", []).append(
-            ("127.0.0.1", port.host)
+            ("127.0.0.1", host)
         )
     endpoint = _client().api.create_endpoint_config(aliases=list(spec.aliases))
     return {
@@ -170,6 +173,19 @@ def _create_args(spec: ContainerSpec) -> dict[str, Any]:
         "init": True,
         "detach": True,
     }
+
+
+def published_tcp(container_id: str) -> dict[int, int]:
+    """container TCP port -> the 127.0.0.1 port the engine published it on (running only)."""
+    with _engine(f"inspecting container {container_id[:12]}"):
+        ports = _client().api.inspect_container(container_id)["NetworkSettings"]["Ports"] or {}
+    found = {}
+    for key, bindings in ports.items():
+        number, _, protocol = key.partition("/")
+        for binding in bindings or ():
+            if protocol == "tcp" and binding.get("HostPort"):
+                found[int(number)] = int(binding["HostPort"])
+    return found
 
 
 def stop(container_id: str, timeout: int) -> None:

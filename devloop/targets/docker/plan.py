@@ -80,6 +80,9 @@ class ContainerSpec:
     aliases: tuple[str, ...] = ()  # DNS names on the app network: workload and Service names
     restart: str = "unless-stopped"
     probe: Probe | None = None
+    # How TCP ports reach the host; part of the hash, so containers that an older devloop
+    # published on the Service port itself are replaced rather than adopted.
+    publishing: str = "forwarded"
 
     @property
     def spec_hash(self) -> str:

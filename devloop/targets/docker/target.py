@@ -5,11 +5,13 @@ pod-template container on the local engine, as Skaffold's docker deployer and co
 translation (`plan_containers`) is pure and lives in `docker_plan.py`; this module holds the
 replace logic (`DockerTarget`), and every engine call goes through `containers.py`.
 
-Replacing a container (the choice, documented in docs/docker-target.md): when the new container
-publishes a host port the old one holds, the old one is *stopped, not removed*, the new one
-started and checked; if the new one exits, crash-loops or never answers its readiness probe, it
-is removed and the old one started again. Without a shared port the new one starts first and the
-old one is removed only once the new one is up.
+Replacing a container (the choice, documented in docs/docker-target.md): TCP Service ports are
+devloop's own listeners (`forwarding.py`), so the new container starts on a port the engine picks
+while the old one keeps answering; once the new one is up and ready, new connections go to it and
+the old one is removed. If the new one exits, crash-loops or never answers its readiness probe,
+it is removed and the old one never stopped serving. A UDP host port cannot be forwarded that
+way: its holder is *stopped, not removed*, the new one started and checked, and on failure the
+old one is started again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from devloop.errors import DevloopError, RolloutError
 from devloop.events import Stopwatch
 from devloop.targets.base import ManifestObject, Placement
 from devloop.targets.docker import containers
+from devloop.targets.docker.forwarding import Forwarder
 from devloop.targets.docker.plan import ContainerSpec, Probe, plan_containers
 
 T = TypeVar("T")
@@ -70,7 +73,7 @@ async def docker_target(
     """A DockerTarget whose log followers live (and are cancelled) with this context."""
     async with anyio.create_task_group() as followers:
         try:
-            yield DockerTarget(on_line, followers, timing, emit)
+            yield DockerTarget(on_line, followers, timing, emit, Forwarder(followers))
         finally:
             followers.cancel_scope.cancel()
 
@@ -88,9 +91,11 @@ class DockerTarget:
         followers: TaskGroup,
         timing: Timing = Timing(),
         emit: Emit | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self._on_line = on_line
         self._emit: Emit = emit or (lambda _event, **_fields: None)
+        self._forwarder = forwarder or Forwarder(followers)
         self._followers = followers
         self._timing = timing
         self._limiter = anyio.CapacityLimiter(timing.engine_threads)
@@ -165,6 +170,7 @@ class DockerTarget:
         if keep is not None:  # unchanged, or adopted from a killed run
             self._specs[keep.id] = spec
             self._follow(keep.id, spec.prefix, since=time.time())
+            await self._route(spec, keep.id)
             await self._remove([info for info in slot if info is not keep])
             return
         await self._remove(same)  # a stopped twin would hold the container name
@@ -195,7 +201,15 @@ class DockerTarget:
             with anyio.move_on_after(ROLLBACK_S, shield=True):
                 await self._restore(holders)
             raise
+        await self._route(spec, new_id)
         await self._remove(old)
+
+    async def _route(self, spec: ContainerSpec, container_id: str) -> None:
+        """Point the spec's TCP Service ports at this container's published ports."""
+        backends = await self._engine(containers.published_tcp, container_id)
+        for port in spec.ports:
+            if port.protocol == "TCP" and port.container in backends:
+                await self._forwarder.route(port.host, backends[port.container], spec.prefix)
 
     async def _created(self, spec: ContainerSpec) -> str:
         try:
@@ -232,6 +246,8 @@ class DockerTarget:
         timing = self._timing
         window_ends = anyio.current_time() + timing.check_window_s
         ready = spec.probe is None
+        backends = await self._engine(containers.published_tcp, container_id)
+        port = _probe_port(spec, backends)
         with anyio.move_on_after(timing.ready_timeout_s):
             while True:
                 status = await self._engine(containers.status, container_id)
@@ -240,7 +256,7 @@ class DockerTarget:
                     raise _NotReady(trouble)
                 if spec.runs_to_completion and status.exit_code == 0:
                     return
-                ready = ready or await probe_once(spec.probe, timing.probe_timeout_s)
+                ready = ready or await probe_once(spec.probe, timing.probe_timeout_s, port)
                 if ready and anyio.current_time() >= window_ends:
                     return
                 await anyio.sleep(timing.poll_s)
@@ -352,14 +368,25 @@ def _prefix(info: containers.Info) -> str:
     return f"{workload.partition('/')[2]}/{container}"
 
 
-async def probe_once(probe: Probe | None, limit_s: float) -> bool:
-    """One readiness attempt from the host: an HTTP status 200-399, or a TCP connection that
-    the far side keeps open (docker-proxy accepts even when nothing listens behind it)."""
+def _probe_port(spec: ContainerSpec, backends: Mapping[int, int]) -> int | None:
+    """The published port of the container port the probe's Service port leads to."""
+    if spec.probe is None:
+        return None
+    for port in spec.ports:
+        if port.host == spec.probe.host_port and port.protocol == "TCP":
+            return backends.get(port.container, spec.probe.host_port)
+    return spec.probe.host_port
+
+
+async def probe_once(probe: Probe | None, limit_s: float, port: int | None = None) -> bool:
+    """One readiness attempt from the host on `port` (default: the probe's): an HTTP status
+    200-399, or a TCP connection that the far side keeps open (docker-proxy accepts even when
+    nothing listens behind it)."""
     if probe is None:
         return True
     with anyio.move_on_after(limit_s):
         try:
-            async with await anyio.connect_tcp("127.0.0.1", probe.host_port) as stream:
+            async with await anyio.connect_tcp("127.0.0.1", port or probe.host_port) as stream:
                 if probe.kind == "tcp":
                     return await _stays_open(stream)
                 return await _answers_http(stream, probe)

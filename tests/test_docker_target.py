@@ -154,6 +154,11 @@ FAILURES = {
         r"(exited with code 3|crash-looped \(restarted \d+x[^)]*\)); the previous container keeps "
         r"running\. Fix it and save to try again\.\n  web/web \| cannot read /etc/app\.yml",
     ),
+    "ready, then exits in the check window": (
+        ["/bin/busybox", "sh", "-c", "/bin/busybox httpd -p 8080 -h /www; sleep 0.15; exit 4"],
+        "/",
+        r"(exited with code 4|crash-looped \(restarted \d+x[^)]*\)); the previous container keeps",
+    ),
     "never ready": (
         None,
         "/healthz",

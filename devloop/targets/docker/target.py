@@ -51,7 +51,8 @@ class Timing:
     check_window_s: float = 1.0  # a new container must stay up this long to replace the old
     ready_timeout_s: float = 30.0  # ... and pass its readiness probe within this
     stop_timeout_s: int = 5  # SIGTERM grace before SIGKILL
-    poll_s: float = 0.1  # between status checks and probe attempts
+    poll_s: float = 0.1  # between status checks once ready
+    probe_poll_s: float = 0.02  # between probe attempts until the first success
     probe_timeout_s: float = 1.0  # per probe attempt
     tail_lines: int = 20  # output lines quoted when a container fails
     engine_threads: int = 8  # concurrent engine calls
@@ -179,9 +180,7 @@ class DockerTarget:
     async def _replace(self, spec: ContainerSpec, old: list[containers.Info]) -> None:
         ports = {port.host for port in spec.ports}
         holders = [info for info in old if info.status.running and info.host_ports & ports]
-        # Created before the old one stops (creating binds no port): the app is away only for
-        # the stop and the start.
-        new_id = await self._created(spec)
+        new_id = await self._created(spec)  # before any holder stops: creating binds no port
         try:
             for info in holders:
                 await self._engine(containers.stop, info.id, self._timing.stop_timeout_s)
@@ -190,19 +189,39 @@ class DockerTarget:
                 await self._engine(containers.stop_and_remove, new_id, 0)
                 await self._restore(holders)
             raise
+        # New connections go to the new container once it is ready, while the old one still
+        # runs through the check window: a crash in the window routes them back.
+        switched = False
+
+        async def switch() -> None:
+            nonlocal switched
+            await self._route(spec, new_id)
+            switched = True
+
         try:
-            await self._start_checked(spec, new_id)
+            await self._start_checked(spec, new_id, switch)
         except _NotReady as problem:
             after = await self._restore(holders)
+            if switched:
+                await self._route_back(old)
             if not after and not any(info.status.running for info in old):
                 after = "nothing was running before; nothing runs now"
             raise RolloutError(_failure_text(spec, problem, after)) from None
         except BaseException:  # cancelled by a newer deploy, or the engine failed
             with anyio.move_on_after(ROLLBACK_S, shield=True):
                 await self._restore(holders)
+                if switched:
+                    await self._route_back(old)
             raise
-        await self._route(spec, new_id)
+        if not switched:
+            await self._route(spec, new_id)
         await self._remove(old)
+
+    async def _route_back(self, old: Sequence[containers.Info]) -> None:
+        for info in old:
+            previous = self._specs.get(info.id)
+            if previous is not None and info.status.running:
+                await self._route(previous, info.id)
 
     async def _route(self, spec: ContainerSpec, container_id: str) -> None:
         """Point the spec's TCP Service ports at this container's published ports."""
@@ -219,7 +238,9 @@ class DockerTarget:
                 raise
             raise RolloutError(f"{spec.prefix}: could not create the container: {error}") from None
 
-    async def _start_checked(self, spec: ContainerSpec, new_id: str) -> None:
+    async def _start_checked(
+        self, spec: ContainerSpec, new_id: str, on_ready: Callable[[], Awaitable[None]]
+    ) -> None:
         try:
             await self._engine(containers.start_created, new_id, spec)
         except DevloopError as error:
@@ -229,7 +250,7 @@ class DockerTarget:
         self._follow(new_id, spec.prefix)
         self._specs[new_id] = spec
         try:
-            await self._check(spec, new_id)
+            await self._check(spec, new_id, on_ready)
         except _NotReady as problem:
             problem.tail = await self._engine(
                 containers.last_lines, new_id, self._timing.tail_lines
@@ -241,13 +262,20 @@ class DockerTarget:
                 await self._engine(containers.stop_and_remove, new_id, 0)
             raise
 
-    async def _check(self, spec: ContainerSpec, container_id: str) -> None:
-        """Return once the container stayed up for the check window and passed its probe."""
+    async def _check(
+        self,
+        spec: ContainerSpec,
+        container_id: str,
+        on_ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Return once the container stayed up for the check window and passed its probe;
+        `on_ready` runs as soon as the probe passes (the window may still be running)."""
         timing = self._timing
         window_ends = anyio.current_time() + timing.check_window_s
         ready = spec.probe is None
         backends = await self._engine(containers.published_tcp, container_id)
         port = _probe_port(spec, backends)
+        said = False  # on_ready has run
         with anyio.move_on_after(timing.ready_timeout_s):
             while True:
                 status = await self._engine(containers.status, container_id)
@@ -257,9 +285,12 @@ class DockerTarget:
                 if spec.runs_to_completion and status.exit_code == 0:
                     return
                 ready = ready or await probe_once(spec.probe, timing.probe_timeout_s, port)
+                if ready and not said and on_ready is not None:
+                    await on_ready()
+                said = ready
                 if ready and anyio.current_time() >= window_ends:
                     return
-                await anyio.sleep(timing.poll_s)
+                await anyio.sleep(timing.poll_s if ready else timing.probe_poll_s)
         url = spec.probe.url if spec.probe else ""
         raise _NotReady(f"did not pass its readiness probe {url} in {timing.ready_timeout_s} s")
 

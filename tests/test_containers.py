@@ -104,21 +104,23 @@ def run_to_exit(spec: ContainerSpec) -> tuple[str, containers.Status]:
     return container_id, containers.status(container_id)
 
 
-def test_a_started_container_serves_on_its_published_loopback_port(
+def test_a_started_container_serves_on_the_loopback_port_the_engine_published_for_it(
     app: str, page_image: str
 ) -> None:
-    port = free_port()
-    spec = spec_for(app, page_image, ports=(Port(port, 8080),))
+    # The Service port itself is devloop's listener (forwarding.py), not the engine's.
+    spec = spec_for(app, page_image, ports=(Port(free_port(), 8080),))
     container_id = containers.run(spec)
-    wait_for(lambda: _answers(port))
-    assert fetch(port) == "hello from the image\n"
+    [published] = containers.published_tcp(container_id).items()
+    assert published[0] == 8080
+    wait_for(lambda: _answers(published[1]))
+    assert fetch(published[1]) == "hello from the image\n"
     [info] = containers.list_app(app)
     assert (info.id, info.key, info.spec_hash) == (
         container_id,
         ("Deployment/web", "web"),
         spec.spec_hash,
     )
-    assert info.host_ports == {port} and info.status.running
+    assert info.host_ports == set() and info.status.running  # no fixed host port is held
     containers.remove_app(app, 1)
 
 
@@ -212,15 +214,15 @@ def test_remove_app_removes_stopped_and_running_containers_and_the_network(
     assert docker.from_env().networks.list(names=[network]) == []
 
 
-def test_a_host_port_in_use_fails_the_start_and_leaves_no_container(
+def test_a_udp_host_port_in_use_fails_the_start_and_leaves_no_container(
     app: str, page_image: str
 ) -> None:
-    with socket.socket() as squatter:
+    # UDP ports are published by the engine; a taken TCP Service port is the forwarder's error
+    with socket.socket(type=socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(DevloopError, match=f"host port \\(127.0.0.1:{port}\\) is taken"):
-            containers.run(spec_for(app, page_image, ports=(Port(port, 8080),)))
+            containers.run(spec_for(app, page_image, ports=(Port(port, 8080, "UDP"),)))
     assert containers.list_app(app) == []
 
 

@@ -3,6 +3,7 @@ test_docker_plan.py, whose manifest helpers these tests reuse."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -296,3 +297,18 @@ async def test_a_tcp_readiness_probe_passes_only_when_the_process_listens(
             assert not ready and "did not pass its readiness probe" in str(error)
         finally:
             await deployer.cleanup(app)
+
+
+@pytest.mark.docker
+async def test_a_service_port_taken_by_another_process_is_reported_and_nothing_runs(
+    app: str, image: str, target: tuple[DockerTarget, Output]
+) -> None:
+    deployer, _ = target
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(RolloutError, match=f"127.0.0.1:{port} is taken by another process"):
+            await deployer.deploy(web(image, port), app)
+    await deployer.cleanup(app)
+    assert await listed(app) == []

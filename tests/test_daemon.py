@@ -154,7 +154,7 @@ def test_first_start_builds_the_image_and_rolls_it_out(
     finals = [e["line"] for e in devloop.named("output") if e["source"] == "resolve"]
     assert any(line.endswith(f"-> {ref}") for line in finals)
     logs = list((Path(devloop.cwd) / ".devloop" / "logs").glob("devloop.test-*.log"))
-    assert len(logs) == 1 and "finished build (using Docker)" in logs[0].read_text()
+    assert len(logs) == 1 and "finished build (using BuildKit)" in logs[0].read_text()
 
 
 def test_an_edit_rolls_out_a_new_image_and_an_unchanged_save_builds_nothing(

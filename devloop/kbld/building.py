@@ -269,6 +269,11 @@ def _build_with_buildx(
         image_id = buildx.run_build(found, options, image, tmp, out, cancelled)
         result = BuildResult(image_id, stable_tag(image, image_id))
         engine.api.tag(image_id, result.tag)
+    except BuildError as e:
+        engine.ping()  # the engine gone away is worth a retry, not a failed build
+        raise e
+    except requests.exceptions.ConnectionError as e:
+        raise engine.unavailable(e) from e
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
         raise BuildError(image, _api_reason(e)) from e
     finally:

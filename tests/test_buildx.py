@@ -426,3 +426,29 @@ def test_resolve_builds_a_kbld_buildx_source_with_a_cache_mount(
     assert re.search(
         rf"(?m)^{re.escape(leftovers.image)} \| #\d+ cached-{leftovers.token}$", run.stderr
     )
+
+
+def test_resolve_hands_the_build_to_the_builder_named_by_the_flag(
+    tmp_path: Path, remote_builder: RemoteBuilder, leftovers: Leftovers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from tests.test_cli import devloop_cli, ok
+
+    monkeypatch.setenv("DOCKER_CONFIG", remote_builder.env["DOCKER_CONFIG"])
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text(
+        f"FROM busybox\nRUN <<EOT\necho heredoc-{leftovers.token}\nEOT\n"
+    )
+    (tmp_path / "build.yml").write_text(
+        "apiVersion: kbld.k14s.io/v1alpha1\nkind: Config\n"
+        f"sources: [{{image: {leftovers.image}, path: app}}]\n"
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+        f"spec: {{containers: [{{name: c, image: {leftovers.image}}}]}}\n"
+    )
+    args = ["resolve", "-f", "build.yml", "--builder", remote_builder.name]
+    run = ok(devloop_cli(tmp_path, *args))
+    assert f"using BuildKit on builder {remote_builder.name}" in run.stderr
+    assert re.search(
+        rf"(?m)^{re.escape(leftovers.image)} \| #\d+ heredoc-{leftovers.token}$", run.stderr
+    )
+    assert re.search(r"image: kbld:\S+-sha256-[0-9a-f]{64}", run.stdout)

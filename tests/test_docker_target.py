@@ -309,6 +309,6 @@ async def test_a_service_port_taken_by_another_process_is_reported_and_nothing_r
         squatter.listen()
         port = squatter.getsockname()[1]
         with pytest.raises(RolloutError, match=f"127.0.0.1:{port} is taken by another process"):
-            await deployer.deploy(web(image, port), app)
+            await deployer.converge(web(image, port), app)
     await deployer.cleanup(app)
     assert await listed(app) == []

@@ -14,6 +14,7 @@ or a remote BuildKit's); SIGKILL follows if it has not exited within `CANCEL_GRA
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -326,8 +327,6 @@ def _seconds(started: Any, completed: Any) -> str:
 
 
 def _b64(data: Any) -> str:
-    import base64
-
     if not data:
         return ""
     try:

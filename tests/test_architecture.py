@@ -17,7 +17,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "devloop"
 ALLOWED = {
-    "docker": {"kbld/building.py", "targets/docker/containers.py"},
+    "docker": {"kbld/engine.py", "kbld/building.py", "targets/docker/containers.py"},
     # streaming.py: the portforward websocket exists only in the SDK (kubernetes.stream)
     "kubernetes": {"targets/kubernetes/applying.py", "targets/kubernetes/streaming.py"},
 }

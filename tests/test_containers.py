@@ -22,6 +22,7 @@ import docker
 import pytest
 
 from devloop.errors import DevloopError, EngineUnavailable
+from devloop.kbld import engine
 from devloop.targets.docker import containers
 from devloop.targets.docker.plan import ContainerSpec, Port, network_name
 
@@ -233,11 +234,11 @@ def test_an_image_that_is_not_local_is_reported_not_pulled() -> None:
 
 def test_an_unreachable_engine_is_a_retryable_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    containers._client.cache_clear()
+    engine.shared.cache_clear()
     try:
         with pytest.raises(EngineUnavailable, match="cannot reach the Docker engine") as caught:
             containers.list_app("anything")
         assert caught.value.retryable
     finally:
         monkeypatch.undo()
-        containers._client.cache_clear()
+        engine.shared.cache_clear()

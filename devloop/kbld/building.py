@@ -1,4 +1,4 @@
-"""Docker builds and pushes, kbld's way: the only module that talks to the Docker engine.
+"""Docker builds and pushes, kbld's way: through the one engine connection (`engine.py`).
 
 The functions block; the async layers call them in worker threads and pass a `cancelled` probe.
 A build runs through BuildKit when the docker CLI has the buildx plugin (`buildx.py`), else
@@ -18,7 +18,6 @@ step's container).
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import secrets
@@ -30,7 +29,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import docker
 import docker.errors
@@ -46,6 +44,7 @@ from devloop.errors import (
     RegistryUnavailable,
 )
 from devloop.kbld import buildx
+from devloop.kbld.engine import Engine, first_line
 from devloop.kbld.model import Source
 from devloop.logs import LineSink, LineSplitter
 
@@ -54,8 +53,6 @@ TAG_REPO = "kbld"
 TAG_PART_MAX = 50  # characters of the cleaned image name in a tag
 TAIL_LINES = 20  # lines of build output carried by a BuildError
 
-DEFAULT_HOST = "unix:///var/run/docker.sock"
-CALL_TIMEOUT_S = 60.0  # any single engine call but a build
 BUILD_READ_TIMEOUT_S = 3600.0  # longest silence in a build's output before giving up on it
 CANCEL_POLL_S = 0.1  # how often a waiting build probes `cancelled`
 READER_JOIN_S = 10.0  # how long a cancelled build waits for its reader thread to end
@@ -89,120 +86,6 @@ def temp_tag(image: str) -> str:
 def stable_tag(image: str, image_id: str) -> str:
     """The result's tag: `kbld:<image>-sha256-<hex>`, the same for the same image and content."""
     return f"{TAG_REPO}:{trim_str(clean_str(image))}-{clean_str(image_id)}"
-
-
-# -- the engine --------------------------------------------------------------------------------
-class Engine:
-    """The Docker engine, connected on first use; safe to share between threads."""
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        timeout_s: float = CALL_TIMEOUT_S,
-        *,
-        builder: str | None = None,
-        use_buildx: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.base_url = base_url  # None: DOCKER_HOST, else the default socket
-        self.timeout_s = timeout_s
-        self.builder = builder  # a buildx builder name (`--builder`); None: buildx's current one
-        self.use_buildx = use_buildx  # False: always the classic builder
-        self.env = dict(os.environ if env is None else env)  # for the docker CLI
-        self._client: Any = None
-        self._lock = threading.Lock()
-        self._buildx_probed = False
-        self._buildx: buildx.Buildx | None = None
-        self._responses: dict[str, Any] = {}  # temp tag -> its build's streaming HTTP response
-        self._stage_images: dict[str, list[str]] = {}  # image -> its last build's stage ends
-
-    def replace_stage_images(self, image: str, stage_ends: list[str], steps: list[str]) -> None:
-        """Forget the previous build of `image`: remove the images its earlier stages ended in
-        when they are dangling and this build did not reuse them. A daemon that rebuilds on
-        every save would otherwise keep one builder-stage image (and its layers) per edit."""
-        with self._lock:
-            previous = self._stage_images.get(image, [])
-            self._stage_images[image] = list(stage_ends)
-        for image_id in previous:
-            if image_id not in steps:
-                self._remove_if_dangling(image_id)
-
-    def _remove_if_dangling(self, image_id: str) -> None:
-        try:
-            tags = self.api.inspect_image(image_id).get("RepoTags") or []
-            if not [tag for tag in tags if tag != "<none>:<none>"]:
-                self.api.remove_image(image_id, noprune=False)
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            pass  # gone already, used by a container, or a parent of another image: keep it
-
-    def buildx(self, out: LineSink) -> buildx.Buildx | None:
-        """The buildx plugin to build with, looked up once; says once when there is none."""
-        with self._lock:
-            if self._buildx_probed:
-                return self._buildx
-            self._buildx_probed = True
-            if not self.use_buildx:
-                return None
-            env = dict(self.env)
-            if self.base_url:
-                env["DOCKER_HOST"] = self.base_url
-            self._buildx = buildx.find_buildx(env, self.builder)
-        if self._buildx is None:
-            out.line("devloop", f"BuildKit is not available, using the classic builder: {HINT}")
-        return self._buildx
-
-    @property
-    def host(self) -> str:
-        return self.base_url or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
-
-    @property
-    def api(self) -> Any:
-        """The SDK's low-level `docker.APIClient`."""
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client.api
-
-    def ping(self) -> None:
-        """Raise `EngineUnavailable` unless the engine answers."""
-        try:
-            self.api.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-            raise self.unavailable(e) from e
-
-    def unavailable(self, error: BaseException) -> EngineUnavailable:
-        reason = _first_line(str(error))
-        return EngineUnavailable(
-            f"cannot reach the Docker engine at {self.host}: {reason}; start dockerd or set "
-            "DOCKER_HOST"
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    def _connect(self) -> Any:
-        try:
-            if self.base_url:
-                client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout_s)
-            else:
-                client = docker.from_env(timeout=self.timeout_s)
-        except docker.errors.DockerException as e:
-            raise self.unavailable(e) from e
-        # The SDK hides a build's HTTP response inside its generator; cancelling needs it.
-        client.api.hooks["response"].append(self._remember_build_response)
-        return client
-
-    def _remember_build_response(self, response: Any, *_args: Any, **_kwargs: Any) -> None:
-        url = urlsplit(response.request.url)
-        tags = parse_qs(url.query).get("t")
-        if url.path.endswith("/build") and tags:
-            self._responses[tags[0]] = response
-
-    def take_response(self, tag: str) -> Any:
-        return self._responses.pop(tag, None)
 
 
 @dataclass(frozen=True)
@@ -399,7 +282,7 @@ def _remove_tag(engine: Engine, tag: str, out: LineSink, prefix: str) -> None:
     except docker.errors.NotFound:
         return  # the build failed or was cancelled before tagging
     except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        out.line(prefix, f"could not remove temporary tag {tag}: {_first_line(str(e))}")
+        out.line(prefix, f"could not remove temporary tag {tag}: {first_line(str(e))}")
         return
     out.line(prefix, f"Untagged: {tag}")
 
@@ -546,7 +429,7 @@ def _error_text(item: Mapping[str, Any]) -> str:
 
 def _api_reason(error: BaseException) -> str:
     explanation = getattr(error, "explanation", None)
-    return _first_line(str(explanation or error))
+    return first_line(str(explanation or error))
 
 
 def _classic_reason(error: str) -> str:
@@ -554,10 +437,6 @@ def _classic_reason(error: str) -> str:
     if "requires BuildKit" in error or "unknown instruction" in error.lower():
         return f"{error} (the classic builder is in use: {HINT})"
     return error
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else "no details"
 
 
 def _never() -> bool:

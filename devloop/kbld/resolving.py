@@ -23,7 +23,7 @@ from devloop.kbld.offline import raise_failures, resolve_offline
 from devloop.kbld.references import DEFAULT_TAG, parse_reference, repo_of
 
 if TYPE_CHECKING:
-    from devloop.kbld.building import Engine
+    from devloop.kbld.engine import Engine
     from devloop.kbld.registry import Registry, RegistryOptions
     from devloop.logs import LineSink
 
@@ -98,7 +98,7 @@ class Resolver:
     def build_sync(self, url: str, source: Source) -> Resolved:
         """Build (and push, tag) one Source in a worker thread; see `build_source`."""
         if self.engine is None:
-            from devloop.kbld.building import Engine
+            from devloop.kbld.engine import Engine
 
             self.engine = Engine(builder=self.options.builder)
         return build_source(

@@ -46,7 +46,7 @@ from devloop.targets import delete_app, open_target
 from devloop.targets.base import Target
 
 if TYPE_CHECKING:
-    from devloop.kbld.building import Engine
+    from devloop.kbld.engine import Engine
     from devloop.kbld.registry import Registry
 
 LOG_DIR = ".devloop/logs"  # each image's build output is also kept here, one file per image
@@ -180,7 +180,7 @@ class Builds:
         config = self._controller.config
         assert config is not None, "a lane builds only after a good config was loaded"
         if self._engine is None:
-            from devloop.kbld.building import Engine
+            from devloop.kbld.engine import Engine
 
             self._engine = Engine(builder=self._controller.settings.builder)
         return build_source(

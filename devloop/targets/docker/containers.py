@@ -10,19 +10,17 @@ SDK errors become `EngineUnavailable` (retry later) or `DevloopError` (with the 
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import docker
 import docker.errors
-import requests
 
-from devloop.errors import DevloopError, EngineUnavailable, trimmed
+from devloop.errors import DevloopError
+from devloop.kbld import engine
 from devloop.targets.base import APP_LABEL
 from devloop.targets.docker.plan import (
     CONTAINER_LABEL,
@@ -32,8 +30,6 @@ from devloop.targets.docker.plan import (
     network_name,
 )
 
-ENGINE_TIMEOUT_S = 30  # seconds per engine HTTP call; the SDK adds the stop timeout to `stop`
-EXPLANATION_CHARS = 300  # engine error bodies are trimmed to this
 PORT_TAKEN = ("address already in use", "port is already allocated")
 
 
@@ -65,28 +61,12 @@ class Info:
         return (self.labels.get(WORKLOAD_LABEL, ""), self.labels.get(CONTAINER_LABEL, ""))
 
 
-@cache
 def _client() -> docker.DockerClient:
-    with _engine("connecting to the Docker engine"):
-        return docker.from_env(timeout=ENGINE_TIMEOUT_S)
+    return engine.shared().client
 
 
-@contextmanager
-def _engine(doing: str) -> Iterator[None]:
-    """Turn SDK exceptions into ours; NotFound passes through for callers that expect it."""
-    try:
-        yield
-    except docker.errors.NotFound:
-        raise
-    except docker.errors.APIError as error:
-        said = trimmed(str(error.explanation or error), EXPLANATION_CHARS)
-        raise DevloopError(f"{doing}: the Docker engine said: {said}") from error
-    except (requests.exceptions.RequestException, docker.errors.DockerException) as error:
-        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise EngineUnavailable(
-            f"{doing}: cannot reach the Docker engine at {host} "
-            f"({trimmed(str(error), EXPLANATION_CHARS)}); start dockerd or point DOCKER_HOST at it"
-        ) from error
+def _engine(doing: str) -> AbstractContextManager[None]:
+    return engine.shared().translated(doing)
 
 
 def ping() -> None:

@@ -123,3 +123,7 @@ class ApplyError(PermanentError):
 
 class RolloutError(PermanentError):
     """A workload did not roll out: the reason and what to do are in the message."""
+
+
+class DeliveryError(PermanentError):
+    """No way to get the built images into the cluster, or the chosen way failed."""

@@ -46,6 +46,8 @@ class Settings:
     log_format: str = "console"  # console | json
     target: str = "auto"  # kubernetes | docker | auto
     builder: str | None = None  # a buildx builder name for every build; None: buildx's current
+    delivery: str = "auto"  # how images reach the cluster: auto|registry|engine|load|push
+    default_repo: str | None = None  # registry (and prefix) built images are pushed to, rung `push`
 
     @property
     def app_name(self) -> str:
@@ -81,8 +83,11 @@ _FILE_KEYS: Mapping[str, tuple[str, type | tuple[type, ...]]] = {
     "logFormat": ("log_format", str),
     "target": ("target", str),
     "builder": ("builder", str),
+    "delivery": ("delivery", str),
+    "defaultRepo": ("default_repo", str),
 }
 _ENV_PREFIX = "DEVLOOP_"
+DELIVERY_RUNGS = ("auto", "registry", "engine", "load", "push")
 
 
 def from_document(data: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -136,6 +141,12 @@ def _validate(settings: Settings) -> None:
     if settings.target not in ("auto", "kubernetes", "docker"):
         raise ConfigError(
             "--target", f"unknown target {settings.target!r}", "Use kubernetes or docker"
+        )
+    if settings.delivery not in DELIVERY_RUNGS:
+        raise ConfigError(
+            "--delivery",
+            f"unknown delivery {settings.delivery!r}",
+            "Use auto, registry, engine, load or push",
         )
     for name in ("build_concurrency", "debounce_ms", "max_wait_ms"):
         if getattr(settings, name) < (1 if name == "build_concurrency" else 0):

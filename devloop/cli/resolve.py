@@ -56,6 +56,12 @@ def add_resolve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         False,
         "only list the image references found (as `- image: REF`), resolve nothing",
     )
+    p.add_argument(
+        "--default-repo",
+        metavar="REGISTRY/PREFIX",
+        help="push built images no ImageDestinations names here, as `up` does (not in kbld; "
+        "names escaped: / : @ become _)",
+    )
     add_registry_flags(p)
     add_builder_flag(p)
     p.set_defaults(run=_run_resolve)
@@ -154,6 +160,7 @@ def _options(args: argparse.Namespace) -> ResolveOptions:
         concurrency=args.build_concurrency,
         registry=registry,
         builder=args.builder or os.environ.get("DEVLOOP_BUILDER") or None,
+        default_repo=args.default_repo,
     )
 
 

@@ -89,6 +89,18 @@ def _up_arguments(up: argparse.ArgumentParser) -> None:
     )
     _add_target(up)
     add_builder_flag(up)
+    up.add_argument(
+        "--delivery",
+        choices=["auto", "registry", "engine", "load", "push"],
+        help="how built images reach the cluster: the announced local registry, the shared "
+        "Docker engine, loading into kind/k3d nodes, or pushing to --default-repo (default auto: "
+        "the first that fits, in that order)",
+    )
+    up.add_argument(
+        "--default-repo",
+        metavar="REGISTRY/PREFIX",
+        help="push built images without an ImageDestination here (names escaped: / : @ become _)",
+    )
 
 
 def _down_arguments(down: argparse.ArgumentParser) -> None:
@@ -142,6 +154,8 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
         "log_format",
         "target",
         "builder",
+        "delivery",
+        "default_repo",
     ]
     flags = {name: getattr(args, name, None) for name in names}
     for name in ("files", "render_inputs"):

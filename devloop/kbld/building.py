@@ -288,9 +288,12 @@ def _remove_tag(engine: Engine, tag: str, out: LineSink, prefix: str) -> None:
 
 
 # -- push -----------------------------------------------------------------------------------------
-def push_image(engine: Engine, tag: str, new_image: str, out: LineSink) -> str:
-    """Push the local `tag` to the repository `new_image`; `<new_image>@sha256:...` it holds."""
-    push_tag = f"kbld-{random_str50()}"
+def push_image(
+    engine: Engine, tag: str, new_image: str, out: LineSink, push_tag: str | None = None
+) -> str:
+    """Push the local `tag` to the repository `new_image` (as `push_tag`, random by default, as
+    kbld does); `<new_image>@sha256:...` it holds. The engine sends only the layers it lacks."""
+    push_tag = push_tag or f"kbld-{random_str50()}"
     target = f"{new_image}:{push_tag}"
     out.line(new_image, f"starting push (using Docker): {tag} -> {target}")
     try:
@@ -319,6 +322,65 @@ def _push(engine: Engine, repository: str, push_tag: str, out: LineSink) -> str:
     if digest is None:
         raise RegistryError(f"pushing {repository}: the engine reported no repo digest")
     return digest
+
+
+# -- load into a node container ------------------------------------------------------------------
+LOAD_CHUNK = 1 << 20  # bytes of the image archive sent at a time
+
+
+def exec_output(engine: Engine, container: str, command: list[str]) -> tuple[int, str]:
+    """Run `command` in `container`; its exit code and output (stdout and stderr)."""
+    try:
+        created = engine.api.exec_create(container, command, stdout=True, stderr=True)
+        output = engine.api.exec_start(created["Id"])
+        code = engine.api.exec_inspect(created["Id"]).get("ExitCode")
+    except requests.exceptions.ConnectionError as e:
+        raise engine.unavailable(e) from e
+    except docker.errors.DockerException as e:
+        return 1, _api_reason(e)
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+    return int(code if code is not None else 1), text
+
+
+def load_image(
+    engine: Engine, tag: str, container: str, command: list[str], cancelled: Callable[[], bool]
+) -> None:
+    """Stream `docker save <tag>` into `command`'s stdin inside `container` (a kind or k3d node),
+    as `kind load docker-image` does, without the archive ever touching the disk."""
+    try:
+        created = engine.api.exec_create(container, command, stdin=True, stdout=True, stderr=True)
+        sock = engine.api.exec_start(created["Id"], socket=True)
+        raw = getattr(sock, "_sock", sock)
+        try:
+            for chunk in engine.api.get_image(tag, chunk_size=LOAD_CHUNK):
+                if cancelled():
+                    raise BuildCancelled(f"loading {tag} into {container} was cancelled")
+                raw.sendall(chunk)
+            raw.shutdown(socket.SHUT_WR)
+            output = _drain(raw)
+        finally:
+            sock.close()
+        code = engine.api.exec_inspect(created["Id"]).get("ExitCode")
+    except requests.exceptions.ConnectionError as e:
+        raise engine.unavailable(e) from e
+    except (docker.errors.DockerException, OSError) as e:
+        raise RegistryError(f"loading {tag} into node {container} failed: {_api_reason(e)}") from e
+    if code != 0:
+        tail = _first_line(output.strip().splitlines()[-1] if output.strip() else f"exit {code}")
+        raise RegistryError(f"loading {tag} into node {container} failed: {tail}")
+
+
+def _drain(raw: socket.socket) -> str:
+    """What the exec wrote, its stream headers (8 bytes a frame) dropped."""
+    data = b""
+    while chunk := raw.recv(65536):
+        data += chunk
+    text, at = [], 0
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at + 4 : at + 8], "big")
+        text.append(data[at + 8 : at + 8 + size])
+        at += 8 + size
+    return b"".join(text).decode(errors="replace")
 
 
 # How the engine words refusals; it relays the registry's errors as plain text.

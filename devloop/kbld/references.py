@@ -118,3 +118,17 @@ def _bad_name(url: str, problem: str) -> ImageReferenceError:
     return ImageReferenceError(
         f"image '{url}'", f"not a valid image reference: {problem}", "Fix the image value"
     )
+
+
+NAME_MAX = 255  # characters of a repository name under a default repo, as Skaffold truncates
+_UNSAFE = re.compile(r"[/:@]")
+
+
+def repository_in(registry: str, image: str) -> str:
+    """`image`'s repository under `registry` (a defaultRepo), escaped as Tilt does: `/ : @`
+    become `_`. A name already under `registry` is left as it is (tilt#4911, skaffold#7431)."""
+    registry = registry.rstrip("/")
+    repo = repo_of(image)
+    if repo == registry or repo.startswith(registry + "/"):
+        return repo
+    return f"{registry}/{_UNSAFE.sub('_', repo)}"[:NAME_MAX]

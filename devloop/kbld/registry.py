@@ -113,6 +113,16 @@ class Registry:
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         return Manifest(media_type or _media_type_of(response.body), response.body, digest)
 
+    def held(self, url: str) -> str | None:
+        """The digest of the manifest `url` names if the registry holds it (one HEAD), else None."""
+        ref = parse_reference(url)
+        response = self.send(ref, "HEAD", _manifest_path(ref), check=False)
+        if response.status == 404:
+            return None
+        self._check(ref, "HEAD", _manifest_path(ref), response)
+        digest = response.headers.get("Docker-Content-Digest", "")
+        return digest if digest.startswith("sha256:") else self.manifest(url).digest
+
     def tag(self, url_with_digest: str, tag: str) -> None:
         """Point `tag` of the repository at the manifest `url_with_digest` names."""
         ref = parse_reference(url_with_digest)

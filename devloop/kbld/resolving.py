@@ -18,9 +18,9 @@ import anyio.from_thread
 import anyio.to_thread
 
 from devloop.errors import DevloopError, PermanentError, RegistryError
-from devloop.kbld.model import Config, Origin, Resolved, Source
+from devloop.kbld.model import Config, Destination, ImageRef, Origin, Resolved, Source
 from devloop.kbld.offline import raise_failures, resolve_offline
-from devloop.kbld.references import DEFAULT_TAG, parse_reference, repo_of
+from devloop.kbld.references import DEFAULT_TAG, parse_reference, repo_of, repository_in
 
 if TYPE_CHECKING:
     from devloop.kbld.engine import Engine
@@ -37,6 +37,7 @@ class ResolveOptions:
     # rather than blocking the deploy, as Skaffold and Tilt leave images they do not build.
     keep_unresolved_tags: bool = False
     builder: str | None = None  # --builder: a buildx builder name; None: buildx's current one
+    default_repo: str | None = None  # --default-repo: push Sources no Destination matches here
 
 
 @dataclass
@@ -102,7 +103,14 @@ class Resolver:
 
             self.engine = Engine(builder=self.options.builder)
         return build_source(
-            self.engine, self.config, url, source, self.out, self._registry_client, _cancelled
+            self.engine,
+            self.config,
+            url,
+            source,
+            self.out,
+            self._registry_client,
+            _cancelled,
+            self.options.default_repo,
         )
 
     async def _resolve_tag(self, url: str, limiter: anyio.CapacityLimiter) -> Resolved:
@@ -139,8 +147,10 @@ def build_source(
     out: LineSink,
     registry: Callable[[], Registry],
     cancelled: Callable[[], bool] | None = None,
+    default_repo: str | None = None,
 ) -> Resolved:
-    """Build `source` for `url`; push to its Destination and add its tags when one matches."""
+    """Build `source` for `url`; push to its Destination and add its tags when one matches,
+    else to `default_repo` when one is given (its name escaped, see `repository_in`)."""
     from devloop.kbld.building import build_image, push_image
     from devloop.kbld.config import check_source_path
     from devloop.kbld.origins import local_and_git_origins
@@ -149,6 +159,8 @@ def build_source(
     origins: list[Origin] = list(local_and_git_origins(source.path))
     built = build_image(engine, source, repo_of(url), out, cancelled)
     destination = config.destination_for(url)
+    if destination is None and default_repo:
+        destination = Destination(ImageRef(image=url), repository_in(default_repo, url))
     if destination is None:
         return Resolved(built.tag, tuple(origins))
     pushed = push_image(engine, built.tag, destination.new_image, out)

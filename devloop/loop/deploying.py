@@ -100,7 +100,8 @@ class Deployer:
         self, loaded: Loaded, built: Mapping[str, Resolved], settings: Settings
     ) -> None:
         self.events.emit("apply.started", app=settings.app_name, target=self.target.name)
-        resolved = await self._resolve(loaded, built)
+        delivered = await self.target.deliver(built)  # before anything is applied
+        resolved = await self._resolve(loaded, delivered)
         objects = _objects(loaded.found, resolved)
         for url in sorted(resolved):
             self.events.line("resolve", f"final: {url} -> {resolved[url].url}")

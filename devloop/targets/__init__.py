@@ -59,7 +59,9 @@ async def _docker(settings: Settings, events: Events) -> AsyncIterator[Target]:
 async def _kubernetes(settings: Settings, events: Events) -> AsyncIterator[Target]:
     from devloop.targets.kubernetes.target import KubernetesTarget
 
-    target = KubernetesTarget(settings.kubeconfig, settings.context, events)
+    target = KubernetesTarget(
+        settings.kubeconfig, settings.context, events, settings.delivery, settings.default_repo
+    )
     await target.cluster()  # a kubeconfig it cannot use ends `up` at once, before any build
     crashed = False
     async with anyio.create_task_group() as streams:  # pod logs and port-forwards

@@ -1,16 +1,20 @@
 """What the loop needs of the place the app runs: one protocol, two implementations.
 
-The loop renders and resolves; a `Target` applies the rendered objects and waits until they run,
-streams the app's output and exposes its ports for as long as it is open, deletes the app, and
-says what it is. The daemon never asks which one it drives. Both implementations report their
-own outcomes (`apply.finished`, `rollout.finished`), with the counts only they know.
+The loop builds, renders and resolves; a `Target` gets the built images to where the app pulls
+them (`deliver`, before rendering, so the manifests name what the cluster can pull), applies the
+rendered objects and waits until they run, streams the app's output and exposes its ports for as
+long as it is open, deletes the app, and says what it is. The daemon never asks which one it
+drives. Both implementations report their own outcomes (`delivery.selected`, `apply.finished`,
+`rollout.finished`), with the counts only they know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from devloop.kbld.model import Resolved
 
 APP_LABEL = "devloop.dev/app"  # on every object and container devloop creates for an app
 
@@ -41,6 +45,11 @@ class Target(Protocol):
 
     async def ping(self) -> None:
         """Return when the target answers; a TemporaryError while it is away."""
+        ...
+
+    async def deliver(self, built: Mapping[str, Resolved]) -> Mapping[str, Resolved]:
+        """Get the images the lanes built (by reference as found) to where the app pulls them;
+        the references to render. Says once per run how (`delivery.selected`)."""
         ...
 
     async def deploy(self, objects: Sequence[ManifestObject], placement: Placement) -> None:

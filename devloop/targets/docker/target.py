@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 from devloop import blocking
 from devloop.errors import DevloopError, RolloutError
 from devloop.events import Stopwatch
+from devloop.kbld.model import Resolved
 from devloop.targets.base import ManifestObject, Placement
 from devloop.targets.docker import containers
 from devloop.targets.docker.forwarding import Forwarder
@@ -39,6 +40,7 @@ T = TypeVar("T")
 OnLine = Callable[[str, str], None]
 Emit = Callable[..., None]  # Events.emit: an event name and its fields
 
+ENGINE_REASON = "the app runs on the Docker engine that built the images: the kbld: tags are used"
 LOG_STREAMS_MAX = 256  # one worker thread per followed container, outside the engine limiter
 ROLLBACK_S = 30.0  # a rollback runs shielded from cancellation, for at most this long
 TCP_SETTLE_S = 0.2  # docker-proxy accepts and then drops a connection nobody listens behind
@@ -103,12 +105,20 @@ class DockerTarget:
         self._log_limiter = anyio.CapacityLimiter(LOG_STREAMS_MAX)
         self._followed: dict[str, blocking.Stop] = {}
         self._specs: dict[str, ContainerSpec] = {}  # by container id: what it was started from
+        self._delivery_said = False
 
     def describe(self) -> str:
         return "the local Docker engine"
 
     async def ping(self) -> None:
         await self._engine(containers.ping)
+
+    async def deliver(self, built: Mapping[str, Resolved]) -> Mapping[str, Resolved]:
+        """The Target protocol: the images are already on the engine that runs them."""
+        if built and not self._delivery_said:
+            self._delivery_said = True
+            self._emit("delivery.selected", rung="engine", reason=ENGINE_REASON, target=self.name)
+        return built
 
     async def deploy(self, objects: Sequence[ManifestObject], placement: Placement) -> None:
         """The Target protocol: converge, then say so (a container is checked as it starts, so

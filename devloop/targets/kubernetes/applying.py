@@ -125,7 +125,7 @@ class Cluster:
     """One kubeconfig context: a blocking REST client with timeouts and a discovery cache."""
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
-        self.api, self.namespace = _client(kubeconfig, context)
+        self.api, self.namespace, self.context = _client(kubeconfig, context)
         self.server: str = self.api.configuration.host
         self.requests: Counter[str] = Counter()  # method -> count; diagnostics and tests
         self._discovery: dict[str, dict[str, Resource]] = {}
@@ -215,8 +215,8 @@ class Cluster:
         return items
 
 
-def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
-    """An ApiClient for the context, and the context's default namespace."""
+def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str, str]:
+    """An ApiClient for the context, the context's default namespace and its name."""
     from kubernetes import client
     from kubernetes import config as kube_config
 
@@ -236,7 +236,7 @@ def _client(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
         ) from error
     chosen = next((c for c in contexts if c["name"] == context), active) if context else active
     namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
-    return client.ApiClient(configuration), namespace
+    return client.ApiClient(configuration), namespace, str((chosen or {}).get("name") or "")
 
 
 def _kubeconfig_problem(error: Exception) -> str:

@@ -1,8 +1,11 @@
-"""The Kubernetes target: server-side apply, wait for what changed to roll out, show the app.
+"""The Kubernetes target: deliver the built images, server-side apply, wait for what changed to
+roll out, show the app.
 
 One `Cluster` (a blocking REST client) per run, made on first use in a worker thread, and one
 limiter for every call to it. Each call runs through `blocking.call`, so the apply deadline is
-real and a newer change or Ctrl-C stops a rollout wait at its next poll.
+real and a newer change or Ctrl-C stops a rollout wait at its next poll. How the images reach the
+cluster is decided at the first deploy that has built images (`delivering.Delivery`), said once,
+and kept for the run.
 
 While the target is open (`open_streams`, in a task group `open_target` owns), it also follows
 the output of the app's pods (podlogs) and forwards its ports to 127.0.0.1 (forwarding), both
@@ -11,7 +14,7 @@ told after each apply which workloads the app has now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -20,8 +23,10 @@ import anyio.abc
 
 from devloop import blocking
 from devloop.events import Events, Stopwatch
+from devloop.kbld.model import Resolved
 from devloop.targets.base import ManifestObject, Placement
 from devloop.targets.kubernetes import applying, forwarding, rollout, rollout_watch, streaming
+from devloop.targets.kubernetes.delivering import Delivery
 from devloop.targets.kubernetes.podlogs import PodLogs, open_log
 from devloop.targets.kubernetes.pods import AppWorkload, PodBoard, app_workloads
 
@@ -33,11 +38,19 @@ CLUSTER_CALLS = 4  # concurrent blocking calls to the API server
 class KubernetesTarget:
     name = "kubernetes"
 
-    def __init__(self, kubeconfig: str | None, context: str | None, events: Events) -> None:
+    def __init__(
+        self,
+        kubeconfig: str | None,
+        context: str | None,
+        events: Events,
+        delivery: str = "auto",
+        default_repo: str | None = None,
+    ) -> None:
         self._kubeconfig, self._context, self._events = kubeconfig, context, events
         self._cluster: applying.Cluster | None = None
         self._inventory: applying.Inventory | None = None  # of the last successful apply
         self._limiter = anyio.CapacityLimiter(CLUSTER_CALLS)
+        self._delivery = Delivery(events, self._limiter, delivery, default_repo)
         self._group: anyio.abc.TaskGroup | None = None
         self._board: PodBoard | None = None
         self._forward = False
@@ -70,9 +83,13 @@ class KubernetesTarget:
         cluster = await self.cluster()
         await self._call(cluster.ping)
 
+    async def deliver(self, built: Mapping[str, Resolved]) -> Mapping[str, Resolved]:
+        return await self._delivery.deliver(await self.cluster(), built)
+
     async def deploy(self, objects: Sequence[ManifestObject], placement: Placement) -> None:
         watch = Stopwatch()
         cluster = await self.cluster()
+        objects = self._delivery.with_pull_policy(objects)
         previous = self._inventory
 
         def apply() -> applying.ApplyResult:

@@ -118,6 +118,26 @@ def test_without_a_cluster_the_app_runs_on_docker_and_an_edit_changes_the_answer
     assert app_containers(engine, leftovers.token) == []
 
 
+def test_on_docker_the_built_tag_runs_as_built_and_the_delivery_is_said_once(
+    running: tuple[Devloop, Path, int], engine: Engine, leftovers: Leftovers
+) -> None:
+    devloop, project, _ = running
+    ref = devloop.wait("build.finished")["ref"]
+    devloop.wait("rollout.finished")
+    mark = devloop.mark()
+    (project / "app" / "www" / "index.html").write_text("v2\n")
+    second = devloop.wait("build.finished", after=mark)["ref"]
+    devloop.wait("rollout.finished", after=mark)
+    selected = devloop.named("delivery.selected")
+    assert [(e["rung"], e["target"]) for e in selected] == [("engine", "docker")]
+    assert "kbld: tags are used" in selected[0]["reason"]
+    images = [
+        c["Image"] for c in app_containers(engine, leftovers.token) if c["State"] == "running"
+    ]
+    assert ref.startswith("kbld:") and len(images) == 1  # the tag's image, pinned by its ID
+    assert second.endswith("-" + images[0].replace(":", "-"))
+
+
 def test_leftovers_of_a_killed_run_are_cleaned_up_on_the_next_start(
     running: tuple[Devloop, Path, int], engine: Engine, leftovers: Leftovers, home: dict[str, str]
 ) -> None:

@@ -172,7 +172,7 @@ def test_err_image_pull_of_a_kbld_tag_says_the_image_exists_only_locally() -> No
     assert f"the cluster cannot pull {KBLD_IMAGE}" in status.failed
     assert "exists only in your local Docker engine" in status.failed
     assert "ImageDestinations" in status.failed
-    assert f"kind load docker-image {KBLD_IMAGE}" in status.failed
+    assert "--delivery load" in status.failed and "--default-repo" in status.failed
     assert status.failed.startswith("pod web-7d9-abcde, container app: ")
 
 

@@ -230,8 +230,8 @@ def container_failure(container: Obj) -> str | None:
         return pull_failure(image, message)
     if reason == "ErrImageNeverPull":
         return (
-            f"imagePullPolicy is Never and the node does not have {image}. Load it into "
-            f"the cluster's node (kind load docker-image {image}) or drop imagePullPolicy"
+            f"imagePullPolicy is Never and the node does not have {image}. Drop "
+            "imagePullPolicy: devloop sets IfNotPresent on the images it delivers unpushed"
         )
     if reason == "InvalidImageName":
         return f"the image reference {image!r} is invalid: {message}"
@@ -249,9 +249,10 @@ def pull_failure(image: str, message: str) -> str:
     if image.startswith(KBLD_LOCAL_PREFIXES):
         return (
             f"the cluster cannot pull {image}: this image exists only in your local Docker "
-            "engine. Push it to a registry the cluster can reach (add an ImageDestinations "
-            "document) or load it into the cluster's node "
-            f"(kind load docker-image {image})"
+            "engine, which the cluster does not share. Let devloop deliver it another way: "
+            "--delivery load on kind or k3d, --default-repo REGISTRY/PREFIX, an "
+            "ImageDestinations document, or a local registry announced in the ConfigMap "
+            "kube-public/local-registry-hosting"
         )
     detail = f" ({message})" if message else ""
     return (

@@ -121,7 +121,7 @@ class Deliverer:
     engine: Engine
     registry: Registry
     local: set[str] = field(default_factory=set)  # refs the cluster uses unpushed
-    _loaded: dict[str, Resolved] = field(default_factory=dict)  # tag -> what it was delivered as
+    _loaded: set[str] = field(default_factory=set)  # tags loaded into every node this run
 
     def deliver(self, built: Mapping[str, Resolved]) -> dict[str, Resolved]:
         delivered: dict[str, Resolved] = {}
@@ -169,7 +169,7 @@ class Deliverer:
             command = self._import_command(node)
             self.out.line(tag, f"loading into node {node}: {' '.join(command)}")
             load_image(self.engine, tag, node, command, _stopped)
-        self._loaded[tag] = Resolved(tag)
+        self._loaded.add(tag)
 
     def _import_command(self, node: str) -> list[str]:
         if self.choice.product == "k3d":
@@ -191,9 +191,10 @@ class Deliverer:
 
 
 def _stopped() -> bool:
+    """The `cancelled` probe of a load: True once the deliver call was cancelled or ran late."""
     try:
         blocking.check()
-    except Exception:
+    except Exception:  # its cancellation or DeadlineExceeded: either ends the stream here
         return True
     return False
 

@@ -77,6 +77,7 @@ async def _kubernetes(settings: Settings, events: Events) -> AsyncIterator[Targe
                 with anyio.move_on_after(SHUTDOWN_GRACE_S, shield=True):
                     deleted = await target.delete_app(placement(settings))
                     events.emit("cleanup.finished", deleted=len(deleted))
+            target.close()
 
 
 def _quiet(_prefix: str, _line: str) -> None:

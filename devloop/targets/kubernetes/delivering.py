@@ -81,6 +81,11 @@ class Delivery:
         )
         return {**built, **delivered}
 
+    def close(self) -> None:
+        if self._deliverer is not None:
+            self._deliverer.close()
+            self._deliverer = None
+
     def with_pull_policy(self, objects: Sequence[ManifestObject]) -> list[ManifestObject]:
         """IfNotPresent where unset, on containers of images delivered without a push."""
         local = frozenset(self._deliverer.local if self._deliverer else ())
@@ -129,6 +134,11 @@ class Deliverer:
             blocking.check()
             delivered[url] = self._one(url, result)
         return delivered
+
+    def close(self) -> None:
+        """Close the engine and registry connections kept for this run."""
+        self.registry.close()
+        self.engine.close()
 
     def _one(self, url: str, result: Resolved) -> Resolved:
         if not result.url.startswith(LOCAL_PREFIX):

@@ -108,6 +108,10 @@ class KubernetesTarget:
         await self._wait(cluster, result.changed_workloads(), placement.rollout_timeout_s)
         await self._forward_ports(cluster, workloads)
 
+    def close(self) -> None:
+        """Close what delivering kept open (engine and registry connections)."""
+        self._delivery.close()
+
     async def _forward_ports(self, cluster: applying.Cluster, workloads: list[AppWorkload]) -> None:
         """One listener per forwarded local port, kept across deploys (a changed workload or
         pod port is retargeted on the same listener); a port no longer wanted is closed."""

@@ -366,7 +366,7 @@ def load_image(
     except (docker.errors.DockerException, OSError) as e:
         raise RegistryError(f"loading {tag} into node {container} failed: {_api_reason(e)}") from e
     if code != 0:
-        tail = _first_line(output.strip().splitlines()[-1] if output.strip() else f"exit {code}")
+        tail = first_line(output.strip().splitlines()[-1] if output.strip() else f"exit {code}")
         raise RegistryError(f"loading {tag} into node {container} failed: {tail}")
 
 

@@ -39,7 +39,7 @@ from devloop.targets.kubernetes.delivery import (
 
 if TYPE_CHECKING:
     from devloop.events import Events
-    from devloop.kbld.building import Engine
+    from devloop.kbld.engine import Engine
     from devloop.kbld.registry import Registry
     from devloop.logs import LineSink
     from devloop.targets.kubernetes.applying import Cluster
@@ -111,7 +111,7 @@ class Delivery:
 def _deliverer(choice: Choice, events: Events) -> Deliverer:
     """The Deliverer of `choice`, with its own engine and registry clients (made in a thread:
     the first import of the docker SDK takes a while)."""
-    from devloop.kbld.building import Engine
+    from devloop.kbld.engine import Engine
     from devloop.kbld.registry import Registry
 
     return Deliverer(choice, events, Engine(), Registry())

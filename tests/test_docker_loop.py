@@ -85,7 +85,11 @@ def home(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def running(
-    tmp_path: Path, leftovers: Leftovers, base_images: BaseImages, home: dict[str, str]
+    tmp_path: Path,
+    leftovers: Leftovers,
+    base_images: BaseImages,
+    home: dict[str, str],
+    engine: Engine,
 ) -> Iterator[tuple[Devloop, Path, int]]:
     project, port = tmp_path / "project", free_port()
     (project / "app" / "www").mkdir(parents=True)
@@ -95,7 +99,17 @@ def running(
     (project / "config" / "app.yml").write_text(MANIFESTS.format(image=leftovers.image, port=port))
     devloop = Devloop(project, ["--app", leftovers.token, "--debounce-ms", "50"], env=home)
     yield devloop, project, port
+    if devloop.proc.poll() is None:
+        devloop.interrupt()  # the way a user stops it: devloop removes what it started
     devloop.stop()
+    remove_app(engine, leftovers.token)  # whatever a killed run left (a test may kill it)
+
+
+def remove_app(engine: Engine, app: str) -> None:
+    for container in app_containers(engine, app):
+        engine.api.remove_container(container["Id"], force=True)
+    for network in engine.api.networks(filters={"label": f"devloop.dev/app={app}"}):
+        engine.api.remove_network(network["Id"])
 
 
 def test_without_a_cluster_the_app_runs_on_docker_and_an_edit_changes_the_answer(
@@ -190,11 +204,5 @@ def test_a_second_ctrl_c_exits_at_once_without_waiting_for_the_cleanup(
     devloop.wait("shutdown", after=mark)
     devloop.proc.send_signal(signal.SIGINT)
     assert devloop.proc.wait(timeout=10) == 130
-    try:
-        assert app_containers(engine, leftovers.token) != []  # the cleanup was cut short
-        assert not any("Traceback" in line for line in devloop.stderr)
-    finally:
-        for container in app_containers(engine, leftovers.token):
-            engine.api.remove_container(container["Id"], force=True)
-        for network in engine.api.networks(filters={"label": f"devloop.dev/app={leftovers.token}"}):
-            engine.api.remove_network(network["Id"])
+    assert app_containers(engine, leftovers.token) != []  # the cleanup was cut short
+    assert not any("Traceback" in line for line in devloop.stderr)

@@ -6,11 +6,10 @@ The classic builder is the fallback when the docker CLI has no buildx plugin; th
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -29,32 +28,14 @@ from devloop.kbld.building import (
     temp_tag,
     trim_str,
 )
-from devloop.kbld.model import DockerBuild, ImageRef, Source
-from devloop.logs import LineWriter
+from devloop.kbld.model import ImageRef, Source
+from tests.builds import Lines, MakeContext, source, three_builds_at_once
 from tests.fixtures.engine import BaseImages, Leftovers
 from tests.fixtures.registry import RunningRegistry
 
 pytestmark = pytest.mark.docker
 
-MakeContext = Callable[..., Path]
 STABLE = re.compile(r"^kbld:[a-zA-Z0-9-]{1,50}-sha256-[0-9a-f]{64}$")
-
-
-class Lines:
-    """A sink that keeps (prefix, line) pairs and can signal when a given line arrives."""
-
-    def __init__(self, wanted: str = "") -> None:
-        self.pairs: list[tuple[str, str]] = []
-        self.wanted = wanted
-        self.seen = threading.Event()
-
-    def line(self, prefix: str, text: str) -> None:
-        self.pairs.append((prefix, text))
-        if self.wanted and text == self.wanted:
-            self.seen.set()
-
-    def texts(self) -> list[str]:
-        return [text for _, text in self.pairs]
 
 
 @pytest.fixture(scope="session")
@@ -64,10 +45,6 @@ def engine() -> Iterator[Engine]:
     engine.ping()
     yield engine
     engine.close()
-
-
-def source(path: Path, **docker: object) -> Source:
-    return Source(ImageRef(image="app"), str(path), DockerBuild(**docker))  # type: ignore[arg-type]
 
 
 # -- tag names ------------------------------------------------------------------------------------
@@ -246,32 +223,7 @@ def test_an_unreachable_engine_says_where_it_looked_and_what_to_do() -> None:
 def test_concurrent_builds_write_whole_prefixed_lines_into_one_stream(
     engine: Engine, base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext
 ) -> None:
-    writes: list[str] = []
-    stream = io.StringIO()
-    stream.write = writes.append  # type: ignore[method-assign,assignment]
-    out = LineWriter(stream, color=False)
-    images = [f"{leftovers.image}-{n}" for n in range(3)]
-    errors: list[BaseException] = []
-
-    def build(n: int) -> None:
-        loop = f"for i in $(seq 1 200); do echo build-{n}-says-$i-{'x' * 50}; done"
-        dockerfile = f"FROM {base_images.busybox}\nRUN {loop}  # {leftovers.token}\n"
-        try:
-            build_image(engine, source(make_context(f"c{n}", dockerfile)), images[n], out)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=build, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
-    assert all(w.endswith("\n") and w.count("\n") == 1 for w in writes)  # one write per line
-    for text in writes:
-        prefix, bar, rest = text.partition(" | ")
-        assert bar and prefix in images
-        assert re.findall(r"build-(\d)-says", rest) in ([], [str(images.index(prefix))])
+    writes, _ = three_builds_at_once(engine, base_images.busybox, leftovers, make_context)
     says = [w for w in writes if "-says-" in w and "echo" not in w]
     assert len(says) == 3 * 200
 

@@ -12,7 +12,7 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,39 +20,16 @@ import pytest
 from devloop.errors import BuildCancelled, BuildError
 from devloop.kbld import buildx
 from devloop.kbld.building import BuildResult, Engine, build_image, stable_tag
-from devloop.kbld.model import DockerBuild, ImageRef, Source
-from devloop.logs import LineWriter
+from tests.builds import Lines, MakeContext, source, three_builds_at_once
 from tests.fixtures.buildkit import RemoteBuilder, buildx_plugin
 from tests.fixtures.engine import BaseImages, Leftovers
 from tests.procs import describe
 
 pytestmark = pytest.mark.docker
 
-MakeContext = Callable[..., Path]
 STOP_S = 1.5  # a cancelled build's step must be gone by then (the issue asks for 1 s; slack
 # for a loaded 2-core machine: bench/cancel numbers are printed by bench/loop.py, not asserted)
 SETTLE_S = 10.0  # how long a cancelled build's thread may take to return
-
-
-class Lines:
-    """(prefix, line) pairs; `seen` is set once a line containing `wanted` arrives."""
-
-    def __init__(self, wanted: str = "") -> None:
-        self.pairs: list[tuple[str, str]] = []
-        self.wanted = wanted
-        self.seen = threading.Event()
-
-    def line(self, prefix: str, text: str) -> None:
-        self.pairs.append((prefix, text))
-        if self.wanted and self.wanted in text:
-            self.seen.set()
-
-    def texts(self) -> list[str]:
-        return [text for _, text in self.pairs]
-
-
-def source(path: Path, **docker: object) -> Source:
-    return Source(ImageRef(image="app"), str(path), DockerBuild(**docker))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -254,32 +231,7 @@ def test_a_failing_step_raises_with_that_steps_last_lines(
 def test_concurrent_buildkit_builds_write_whole_prefixed_lines(
     local: Engine, base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext
 ) -> None:
-    writes: list[str] = []
-    stream = io.StringIO()
-    stream.write = writes.append  # type: ignore[method-assign,assignment]
-    out = LineWriter(stream, color=False)
-    images = [f"{leftovers.image}-{n}" for n in range(3)]
-    errors: list[BaseException] = []
-
-    def build(n: int) -> None:
-        loop = f"for i in $(seq 1 200); do echo build-{n}-says-$i-{'x' * 50}; done"
-        dockerfile = f"FROM {base_images.busybox}\nRUN {loop}  # {leftovers.token}\n"
-        try:
-            build_image(local, source(make_context(f"c{n}", dockerfile)), images[n], out)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=build, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert errors == []
-    assert all(w.endswith("\n") and w.count("\n") == 1 for w in writes)
-    for text in writes:
-        prefix, bar, rest = text.partition(" | ")
-        assert bar and prefix in images
-        assert re.findall(r"build-(\d)-says", rest) in ([], [str(images.index(prefix))])
+    writes, _ = three_builds_at_once(local, base_images.busybox, leftovers, make_context)
     says = [w for w in writes if re.search(r"\| #\d+ build-\d-says-", w)]
     assert len(says) == 3 * 200
 

@@ -12,7 +12,7 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -248,20 +248,24 @@ def processes_mentioning(token: str) -> list[str]:
     return found
 
 
-def test_a_cancelled_build_stops_buildx_and_the_step_within_a_second(
-    local: Engine, base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext
-) -> None:
+def start_then_cancel(
+    engine: Engine,
+    base: str,
+    leftovers: Leftovers,
+    make_context: MakeContext,
+    while_running: Callable[[], None] = lambda: None,
+) -> tuple[list[BaseException], float]:
+    """Build a step that sleeps 300 s, cancel it once its output shows, wait for the build to
+    return; gives what it raised and when the cancel was asked."""
     started = f"started-{leftovers.token}"
-    dockerfile = (
-        f"FROM {base_images.busybox}\nRUN echo {started} && sleep 300 # {leftovers.token}\n"
-    )
+    dockerfile = f"FROM {base}\nRUN echo {started} && sleep 300 # {leftovers.token}\n"
     out = Lines(wanted=started)
     cancel = threading.Event()
     raised: list[BaseException] = []
 
     def build() -> None:
         try:
-            build_image(local, source(make_context(dockerfile=dockerfile)), leftovers.image, out,
+            build_image(engine, source(make_context(dockerfile=dockerfile)), leftovers.image, out,
                         cancel.is_set)  # fmt: skip
         except BaseException as e:
             raised.append(e)
@@ -269,10 +273,22 @@ def test_a_cancelled_build_stops_buildx_and_the_step_within_a_second(
     thread = threading.Thread(target=build)
     thread.start()
     assert out.seen.wait(timeout=60), out.texts()
-    assert processes_mentioning(leftovers.token) != []  # the step runs (inside dockerd)
+    while_running()
     cancel.set()
     cancelled_at = time.monotonic()
     thread.join(timeout=SETTLE_S)
+    return raised, cancelled_at
+
+
+def test_a_cancelled_build_stops_buildx_and_the_step_within_a_second(
+    local: Engine, base_images: BaseImages, leftovers: Leftovers, make_context: MakeContext
+) -> None:
+    def the_step_runs() -> None:
+        assert processes_mentioning(leftovers.token) != []  # inside dockerd
+
+    raised, cancelled_at = start_then_cancel(
+        local, base_images.busybox, leftovers, make_context, the_step_runs
+    )
     assert [type(e) for e in raised] == [BuildCancelled]
     assert wait_until_gone(leftovers.token, cancelled_at) == []
 
@@ -327,25 +343,7 @@ def test_a_heredoc_builds_on_the_remote_builder_and_loads_into_the_engine(
 def test_a_cancelled_remote_build_stops_its_step(
     remote: Engine, leftovers: Leftovers, make_context: MakeContext
 ) -> None:
-    started = f"started-{leftovers.token}"
-    dockerfile = f"FROM busybox\nRUN echo {started} && sleep 300 # {leftovers.token}\n"
-    out = Lines(wanted=started)
-    cancel = threading.Event()
-    raised: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            build_image(remote, source(make_context(dockerfile=dockerfile)), leftovers.image, out,
-                        cancel.is_set)  # fmt: skip
-        except BaseException as e:
-            raised.append(e)
-
-    thread = threading.Thread(target=build)
-    thread.start()
-    assert out.seen.wait(timeout=60), out.texts()
-    cancel.set()
-    cancelled_at = time.monotonic()
-    thread.join(timeout=SETTLE_S)
+    raised, cancelled_at = start_then_cancel(remote, "busybox", leftovers, make_context)
     assert [type(e) for e in raised] == [BuildCancelled]
     assert wait_until_gone(leftovers.token, cancelled_at) == []
 
